@@ -1,0 +1,229 @@
+"""DataModules shared by every JEPA method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+
+from jepa_lightning.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    ssl_transform,
+)
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as a uint8 tensor ``(N, 3, H, W)`` with integer labels."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Callable | None = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+class SSLDataModule(pl.LightningDataModule):
+    """Base DataModule: an SSL training loader (augmented, labels kept for monitors), a labelled
+    validation loader and a labelled training loader with the evaluation transform (k-NN bank,
+    linear evaluation). Subclasses implement :meth:`build_datasets`.
+
+    Args:
+        image_size: Training crop side in pixels (linked to the model by the CLI).
+        batch_size: Batch size per process (global batch = this × devices × nodes).
+        num_workers: DataLoader worker processes per process.
+        crop_scale: RandomResizedCrop area range of the SSL augmentation.
+        hflip: Random horizontal flip in the SSL augmentation.
+        eval_resize_ratio: Evaluation resize side = ``image_size ×`` this, then centre crop.
+        mean: Normalisation mean.
+        std: Normalisation standard deviation.
+        pin_memory: Pin host memory for faster copies to the GPU.
+        persistent_workers: Keep workers alive across epochs (when ``num_workers > 0``).
+    """
+
+    num_classes: int
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        hflip: bool = True,
+        eval_resize_ratio: float = 256 / 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.crop_scale = tuple(crop_scale)
+        self.hflip = hflip
+        self.eval_resize_ratio = eval_resize_ratio
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.train_ssl: Dataset | None = None
+        self.train_eval: Dataset | None = None
+        self.val: Dataset | None = None
+
+    @property
+    def train_transform(self) -> Callable:
+        return ssl_transform(self.image_size, self.crop_scale, self.hflip, self.mean, self.std)
+
+    @property
+    def eval_transform(self) -> Callable:
+        return eval_transform(self.image_size, self.eval_resize_ratio, self.mean, self.std)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Return ``(train with SSL transform, train with eval transform, val with eval)``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ssl is None:
+            self.train_ssl, self.train_eval, self.val = self.build_datasets()
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        assert dataset is not None, "setup() builds the datasets"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_ssl, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val, train=False)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The labelled training split with the evaluation transform, in a fixed order."""
+        self.setup()
+        return self._loader(self.train_eval, train=False)
+
+
+class DigitsDataModule(SSLDataModule):
+    """The embedded default: scikit-learn's handwritten digits (1,797 real 8×8 grayscale images,
+    10 classes), replicated to RGB and upsampled by the transforms. Needs no download.
+
+    Args:
+        val_fraction: Fraction of images held out for validation (stratified, fixed seed).
+        split_seed: Seed of the train/validation split.
+        image_size: Training crop side in pixels.
+        batch_size: Batch size per process.
+        num_workers: DataLoader worker processes (the data is in memory: 0 is fastest on CPU).
+        **kwargs: Further options of :class:`SSLDataModule`.
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        image_size: int = 32,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("eval_resize_ratio", 1.0)
+        super().__init__(
+            image_size=image_size, batch_size=batch_size, num_workers=num_workers, **kwargs
+        )
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8)
+        images = images[:, None].expand(-1, 3, -1, -1).contiguous()  # (N, 3, 8, 8)
+        labels = torch.from_numpy(digits.target).long()
+        idx_train, idx_val = train_test_split(
+            range(len(labels)),
+            test_size=self.val_fraction,
+            random_state=self.split_seed,
+            stratify=digits.target,
+        )
+        tr, va = torch.tensor(idx_train), torch.tensor(idx_val)
+        return (
+            TensorImageDataset(images[tr], labels[tr], self.train_transform),
+            TensorImageDataset(images[tr], labels[tr], self.eval_transform),
+            TensorImageDataset(images[va], labels[va], self.eval_transform),
+        )
+
+
+class ImageFolderDataModule(SSLDataModule):
+    """Images in class sub-folders (``<root>/<split>/<class>/*.jpg``): CIFAR-10 from
+    ``../shared/datasets``, ImageNet-100, ImageNet-1k or your own data.
+
+    Args:
+        root: Dataset directory holding the split folders.
+        train_split: Name of the training split folder under ``root``.
+        val_split: Name of the validation split folder under ``root`` (``val`` or ``test``).
+        **kwargs: Options of :class:`SSLDataModule` (``image_size``, ``batch_size``, ...).
+    """
+
+    def __init__(
+        self, root: str, train_split: str = "train", val_split: str = "val", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root).expanduser()
+        self.train_split = train_split
+        self.val_split = val_split
+        self._num_classes: int | None = None
+
+    def _folder(self, split: str) -> Path:
+        path = self.root / split
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"Dataset split folder {str(path)!r} does not exist. Set data.init_args.root to a "
+                f"directory holding '{self.train_split}/' and '{self.val_split}/' with one "
+                "sub-folder of images per class (e.g. --data.init_args.root /data/cifar10_jpg)."
+            )
+        return path
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        if self._num_classes is None:
+            train = self._folder(self.train_split)
+            self._num_classes = sum(1 for p in train.iterdir() if p.is_dir())
+        return self._num_classes
+
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        train, val = self._folder(self.train_split), self._folder(self.val_split)
+        train_ssl = ImageFolder(str(train), transform=self.train_transform)
+        train_eval = ImageFolder(str(train), transform=self.eval_transform)
+        val_ds = ImageFolder(str(val), transform=self.eval_transform)
+        if train_ssl.classes != val_ds.classes:
+            raise ValueError(
+                f"Train and val class folders differ under {str(self.root)!r}: "
+                f"{train_ssl.classes} vs {val_ds.classes}."
+            )
+        self._num_classes = len(train_ssl.classes)
+        return train_ssl, train_eval, val_ds

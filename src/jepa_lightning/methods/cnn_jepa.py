@@ -1,0 +1,111 @@
+"""CNN-JEPA (Kalapos & Gyires-Tóth, arXiv 2408.07514) as a LightningModule."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jepa_lightning.losses.jepa import normalized_smooth_l1
+from jepa_lightning.masking.grid import GridMasks, MaskGenerator, MixedMasking
+from jepa_lightning.methods.base import JEPAModule
+from jepa_lightning.modules.conv_predictor import ConvPredictor
+from jepa_lightning.modules.masked_resnet import MaskedResNet, masked_average_pool
+
+
+class CNNJEPA(JEPAModule):
+    """CNN-JEPA: a masked ("sparse") ResNet context encoder sees the visible cells of the image;
+    a depthwise-separable conv predictor fills the masked cells from a learned mask token; the
+    loss regresses the EMA target encoder's full-image features at the target cells
+    (L2-normalised, smooth-L1). One view, no projector.
+
+    Args:
+        backbone: torchvision ResNet name (resnet18/34/50/101/152, wide_resnet50_2, ...).
+        small_images: Use the 3×3/1 stem without max-pool (total stride 8) for 32–64 px images.
+        image_size: Training image side in pixels; must be a multiple of the backbone stride
+            (32, or 8 with ``small_images``). Linked from the DataModule by the CLI.
+        predictor_depth: Number of predictor layers (paper: 3).
+        predictor_kernel_size: Depthwise kernel size of the predictor (paper: 3).
+        predictor_channels: Hidden width of the predictor; ``None`` = encoder width (paper).
+        masking: Mask generator on the feature grid; ``None`` = the paper's mixed masking
+            (multi-block with p = 0.75: 4 blocks of 15–20 %, aspect 0.75–1.5; else random 60 %).
+        **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        small_images: bool = False,
+        image_size: int = 224,
+        predictor_depth: int = 3,
+        predictor_kernel_size: int = 3,
+        predictor_channels: int | None = None,
+        masking: MaskGenerator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["masking", "optimizer"])
+        self.context_encoder = MaskedResNet(backbone, small_images=small_images)
+        stride = self.context_encoder.stride
+        if image_size % stride or image_size // stride < 2:
+            raise ValueError(
+                f"image_size={image_size} does not fit backbone {backbone!r} with total stride "
+                f"{stride}: it must be a multiple of {stride} giving a mask grid of at least 2x2 "
+                f"(smallest: {2 * stride} px). Use larger images"
+                + (" or small_images=True (stride 8)." if not small_images else ".")
+            )
+        self.grid = image_size // stride
+        self.masking = masking if masking is not None else MixedMasking()
+        self.masking.validate_grid(self.grid, self.grid)
+        self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+        self.predictor = ConvPredictor(
+            self.context_encoder.num_features,
+            depth=predictor_depth,
+            kernel_size=predictor_kernel_size,
+            hidden_channels=predictor_channels,
+        )
+
+    @property
+    def embed_dim(self) -> int:
+        return self.context_encoder.num_features
+
+    def sample_masks(self, batch_size: int) -> GridMasks:
+        """Masks for one batch, drawn from the module's seeded generator, on its device."""
+        masks = self.masking(batch_size, self.grid, self.grid, generator=self.mask_generator)
+        return masks.to(self.device)
+
+    def forward_masked(
+        self, images: Tensor, masks: GridMasks
+    ) -> tuple[Tensor, Tensor]:
+        """Prediction and target feature maps, each ``(B, C, h, w)``."""
+        with torch.no_grad():
+            target = self.target_encoder(images)  # (B, C, h, w), full image, dense BN
+        context = self.context_encoder(images, masks.context)  # (B, C, h, w), 0 where masked
+        prediction = self.predictor(context, masks.context)  # (B, C, h, w)
+        return prediction, target
+
+    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
+        masks = self.sample_masks(images.shape[0])
+        prediction, target = self.forward_masked(images, masks)
+        loss = normalized_smooth_l1(prediction, target.detach(), masks.target)
+        return {
+            "loss": loss,
+            "target_ratio": masks.target.float().mean(),
+            "context_ratio": masks.context.float().mean(),
+            "embedding": masked_average_pool(target).detach().float(),  # (B, C)
+        }
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        return masked_average_pool(self.target_encoder(images)).float()  # (B, C)
+
+    @torch.no_grad()
+    def mask_preview(self, images: Tensor) -> dict[str, Tensor]:
+        """Masks and per-cell cosine similarity of prediction and target, for pictures."""
+        masks = self.sample_masks(images.shape[0])
+        prediction, target = self.forward_masked(images, masks)
+        similarity = F.cosine_similarity(prediction.float(), target.float(), dim=1)  # (B, h, w)
+        return {"context": masks.context, "target": masks.target, "similarity": similarity}
