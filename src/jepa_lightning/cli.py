@@ -28,5 +28,10 @@ def main(args: list[str] | None = None) -> JEPACLI:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (``jepa-lightning``): exit status 0 on success."""
     main()
+
+
+if __name__ == "__main__":
+    run()

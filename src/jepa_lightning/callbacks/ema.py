@@ -53,7 +53,12 @@ class EMAMomentumSchedule(Callback):
         return momentum_schedule(step, total_steps, self.start, self.end, self.schedule)
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         step = trainer.global_step  # number of optimiser steps taken so far
         if step == self._last_step or step == 0:

@@ -121,7 +121,8 @@ class MultiBlockMasking(MaskGenerator):
         n = self.num_blocks
         scales = _uniform(*self.block_scale, generator, n)
         # Log-uniform aspect ratio, as I-JEPA.
-        log_ar = _uniform(math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1]), generator, n)
+        lo, hi = math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1])
+        log_ar = _uniform(lo, hi, generator, n)
         shapes = [
             self.block_shape(float(s), math.exp(float(a)), height, width)
             for s, a in zip(scales, log_ar, strict=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -36,9 +38,11 @@ class ConvPredictor(nn.Module):
         hidden = hidden_channels or channels
         widths = [channels] + [hidden] * (depth - 1) + [channels]
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(widths):
             layers += [
-                nn.Conv2d(c_in, c_in, kernel_size, padding=kernel_size // 2, groups=c_in, bias=False),
+                nn.Conv2d(
+                    c_in, c_in, kernel_size, padding=kernel_size // 2, groups=c_in, bias=False
+                ),
                 nn.Conv2d(c_in, c_out, 1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),

@@ -99,7 +99,7 @@ class MaskedResNet(nn.Module):
         if mask is None:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
             return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        b, h, w = mask.shape
+        _b, h, w = mask.shape
         if x.shape[-2] != h * self.stride or x.shape[-1] != w * self.stride:
             raise ValueError(
                 f"Image size {tuple(x.shape[-2:])} does not match the {h}x{w} mask grid at stride "
