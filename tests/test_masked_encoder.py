@@ -115,6 +115,18 @@ def test_masked_bn_gradients_match_reference() -> None:
     (ref(x_ref.permute(0, 2, 3, 1)[visible[:, 0]]) ** 2).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(mbn.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mbn.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_bn_under_bf16_autocast_keeps_dtype_and_mask() -> None:
+    x = torch.randn(2, 3, 4, 4).bfloat16()
+    visible = torch.rand(2, 1, 4, 4) > 0.5
+    y = MaskedBatchNorm2d(3)(x, visible.float())
+    assert y.dtype == torch.bfloat16
+    assert (y.permute(0, 2, 3, 1)[~visible[:, 0]] == 0).all()
+    ref = nn.BatchNorm1d(3)(x.float().permute(0, 2, 3, 1)[visible[:, 0]])
+    got = y.float().permute(0, 2, 3, 1)[visible[:, 0]]
+    torch.testing.assert_close(got, ref, atol=0.05, rtol=0.02)
 
 
 class _OpRecorder(TorchDispatchMode):

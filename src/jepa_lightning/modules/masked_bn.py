@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -75,17 +77,60 @@ class MaskedBatchNorm2d(nn.Module):
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (C,)
             shift = self.bias - self.running_mean * scale  # (C,)
             return (x * scale[:, None, None] + shift[:, None, None]) * mask
-        # Statistics in float32 even under autocast.
-        xf = x.float() * mask  # (B, C, H, W), 0 at masked positions
-        count = mask.float().sum().clamp_min(1.0)  # visible positions over batch and space
-        mean = xf.sum(dim=(0, 2, 3)) / count  # (C,)
-        centred = (xf - mean[:, None, None]) * mask  # (B, C, H, W)
-        var = centred.square().sum(dim=(0, 2, 3)) / count  # (C,) biased, for normalising
+        out, mean, var, count = _MaskedBatchNormFn.apply(x, mask, self.weight, self.bias, self.eps)
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             unbiased = var * (count / (count - 1).clamp_min(1.0))
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
-        scale = self.weight * torch.rsqrt(var + self.eps)  # (C,)
-        out = centred * scale[:, None, None] + self.bias[:, None, None] * mask
-        return out.to(x.dtype)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        return out
+
+
+class _MaskedBatchNormFn(torch.autograd.Function):
+    """Training-mode masked BN with a hand-written backward.
+
+    Statistics over visible positions come from one fused ``var_mean`` over the masked input
+    (masked positions are 0, so the all-position moments rescale to visible-only moments), and
+    the backward is the BatchNorm gradient restricted to visible positions. This needs about
+    half the memory passes of the same maths written as autograd-traced elementwise ops.
+    Computation is in float32 even under autocast.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        in_dtype = x.dtype
+        xf, mf = x.float(), mask.float()  # (B, C, H, W), (B, 1, H, W)
+        xm = xf * mf  # 0 at masked positions
+        n_all = xm.numel() // xm.shape[1]
+        count = mf.sum().clamp_min(1.0)  # visible positions over batch and space
+        var_all, mean_all = torch.var_mean(xm, dim=(0, 2, 3), correction=0)  # (C,)
+        ratio = n_all / count
+        mean = mean_all * ratio
+        var = ((var_all + mean_all.square()) * ratio - mean.square()).clamp_min(0.0)
+        invstd = torch.rsqrt(var + eps)
+        w, b = weight.float(), bias.float()
+        scale = (w * invstd)[:, None, None]
+        shift = (b - mean * w * invstd)[:, None, None]
+        out = torch.addcmul(shift, xm, scale).mul_(mf)
+        ctx.save_for_backward(xf, mf, w, mean, invstd, count)
+        ctx.in_dtype = in_dtype
+        ctx.mark_non_differentiable(mean, var, count)
+        return out.to(in_dtype), mean, var, count
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: Tensor, *_: Tensor
+    ) -> tuple[Tensor, None, Tensor, Tensor, None]:
+        xf, mf, w, mean, invstd, count = ctx.saved_tensors
+        dym = grad_out.float() * mf  # (B, C, H, W), visible positions only
+        sum_dy = dym.sum(dim=(0, 2, 3))  # (C,)
+        sum_dy_xmu = (dym * xf).sum(dim=(0, 2, 3)) - mean * sum_dy  # (C,)
+        grad_weight = sum_dy_xmu * invstd
+        k1 = w * invstd
+        k3 = w * invstd.pow(3) * sum_dy_xmu / count
+        k0 = (mean * k3 - k1 * sum_dy / count)[:, None, None]
+        # dx = m · (k1·dy − k3·(x − μ) − k1·Σdy / n)
+        grad_x = (dym * k1[:, None, None]).sub_(xf * k3[:, None, None]).add_(k0).mul_(mf)
+        return grad_x.to(ctx.in_dtype), None, grad_weight.to(w.dtype), sum_dy, None

@@ -1,0 +1,225 @@
+"""Training-step cost of CNN-JEPA against BYOL, SimCLR and VICReg (lightly) at equal settings.
+
+Each method runs full training steps on synthetic in-memory images: forward, loss, backward,
+optimiser step and (where the method has one) the EMA update. Methods are timed interleaved, one
+step each per round, so drift in machine load hits all of them alike; the table reports medians.
+
+    python benchmarks/throughput.py          # CPU: ResNet-18, 64 px, batch 64
+    python benchmarks/throughput.py --device cuda --backbone resnet50 --image-size 224 \\
+        --batch-size 128 --precision bf16 --channels-last
+
+The last line is machine-readable:
+``ratios: byol=R simclr=R vicreg=R dense=R`` — CNN-JEPA step time divided by each baseline's, and
+``dense`` = masked encoder forward+backward over the same encoder's dense forward+backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from lightly.loss import NegativeCosineSimilarity, NTXentLoss, VICRegLoss
+from lightly.models.modules.heads import (
+    BYOLPredictionHead,
+    BYOLProjectionHead,
+    SimCLRProjectionHead,
+    VICRegProjectionHead,
+)
+from torch import Tensor, nn
+
+from jepa_lightning import CNNJEPA
+from jepa_lightning.callbacks.ema import ema_update
+from jepa_lightning.masking import RandomMasking
+
+
+def trunk(arch: str, small_images: bool) -> nn.Module:
+    """torchvision ResNet without classifier, pooled: (B, 3, H, W) -> (B, C)."""
+    net = getattr(torchvision.models, arch)()
+    if small_images:
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+class Byol(nn.Module):
+    def __init__(self, arch: str, small: bool) -> None:
+        super().__init__()
+        self.backbone = trunk(arch, small)
+        dim = self.backbone(torch.zeros(2, 3, 32, 32)).shape[1]
+        self.projection = BYOLProjectionHead(dim, 4096, 256)
+        self.prediction = BYOLPredictionHead(256, 4096, 256)
+        self.backbone_t = trunk(arch, small).requires_grad_(False)
+        self.projection_t = BYOLProjectionHead(dim, 4096, 256).requires_grad_(False)
+        self.criterion = NegativeCosineSimilarity()
+
+    def loss(self, x0: Tensor, x1: Tensor) -> Tensor:
+        p0 = self.prediction(self.projection(self.backbone(x0)))
+        p1 = self.prediction(self.projection(self.backbone(x1)))
+        with torch.no_grad():
+            z0 = self.projection_t(self.backbone_t(x0))
+            z1 = self.projection_t(self.backbone_t(x1))
+        return 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))
+
+    def ema(self) -> None:
+        ema_update(self.backbone, self.backbone_t, 0.99)
+        ema_update(self.projection, self.projection_t, 0.99)
+
+
+class Contrastive(nn.Module):
+    def __init__(self, arch: str, small: bool, kind: str) -> None:
+        super().__init__()
+        self.backbone = trunk(arch, small)
+        dim = self.backbone(torch.zeros(2, 3, 32, 32)).shape[1]
+        if kind == "simclr":
+            self.head: nn.Module = SimCLRProjectionHead(dim, dim, 128)
+            self.criterion: nn.Module = NTXentLoss()
+        else:
+            self.head = VICRegProjectionHead(dim, 2048, 2048)
+            self.criterion = VICRegLoss()
+
+    def loss(self, x0: Tensor, x1: Tensor) -> Tensor:
+        return self.criterion(self.head(self.backbone(x0)), self.head(self.backbone(x1)))
+
+    def ema(self) -> None:
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--small-images", action="store_true", help="3x3 stem, no max-pool")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["32", "bf16"], default="32")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile CNN-JEPA's modules")
+    ap.add_argument(
+        "--masking",
+        choices=["auto", "mixed", "random"],
+        default="auto",
+        help="auto: the paper's mixed masking if the grid is >= 4x4, else random 50%% (the cost "
+        "of masked-dense convolution does not depend on the pattern)",
+    )
+    ap.add_argument("--steps", type=int, default=7, help="timed rounds")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    autocast = (
+        torch.autocast(dev.type, dtype=torch.bfloat16)
+        if args.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    torch.manual_seed(0)
+    b, s = args.batch_size, args.image_size
+    views = [torch.randn(b, 3, s, s, device=dev).contiguous(memory_format=fmt) for _ in range(2)]
+
+    stride = 8 if args.small_images else 32
+    masking = args.masking
+    if masking == "auto":
+        masking = "mixed" if s // stride >= 4 else "random"
+    args.masking = masking
+    jepa = CNNJEPA(
+        backbone=args.backbone,
+        small_images=args.small_images,
+        image_size=s,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        masking=RandomMasking(0.5) if masking == "random" else None,
+    ).to(dev)
+    models: dict[str, nn.Module] = {
+        "byol": Byol(args.backbone, args.small_images),
+        "simclr": Contrastive(args.backbone, args.small_images, "simclr"),
+        "vicreg": Contrastive(args.backbone, args.small_images, "vicreg"),
+    }
+    for m in models.values():
+        m.to(dev).to(memory_format=fmt)  # type: ignore[call-overload]
+    opts = {
+        k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad])
+        for k, m in models.items()
+    }
+    jepa_opt = torch.optim.AdamW(jepa.parameter_groups())
+    enc = jepa.context_encoder
+    enc_opt = torch.optim.AdamW(enc.parameters())
+    grid_masks = jepa.sample_masks(b)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step_fn(name: str) -> Callable[[], None]:
+        def run() -> None:
+            if name == "cnn_jepa":
+                jepa_opt.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = jepa.shared_step(views[0])["loss"]
+                loss.backward()
+                jepa_opt.step()
+                ema_update(jepa.context_encoder, jepa.target_encoder, 0.996)
+            elif name in ("masked_enc", "dense_enc"):
+                enc_opt.zero_grad(set_to_none=True)
+                with autocast:
+                    mask = grid_masks.context if name == "masked_enc" else None
+                    out = enc(views[0], mask)
+                out.float().mean().backward()
+                enc_opt.step()
+            else:
+                model, opt = models[name], opts[name]
+                opt.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = model.loss(views[0], views[1])  # type: ignore[operator]
+                loss.backward()
+                opt.step()
+                model.ema()  # type: ignore[operator]
+
+        return run
+
+    names = ["cnn_jepa", "byol", "simclr", "vicreg", "masked_enc", "dense_enc"]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peak: dict[str, float] = {}
+    for r in range(args.warmup + args.steps):
+        for n in names:
+            fn = step_fn(n)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if r >= args.warmup:
+                times[n].append(time.perf_counter() - t0)
+            if dev.type == "cuda":
+                peak[n] = torch.cuda.max_memory_allocated() / 2**30
+    med = {n: statistics.median(v) for n, v in times.items()}
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print(
+        f"# {args.backbone} small_images={args.small_images} {s}px batch {b} {args.precision} "
+        f"channels_last={args.channels_last} compile={args.compile} masking={args.masking} "
+        f"on {name}, median of {args.steps} steps"
+    )
+    print(f"| {'step':<12} | {'s/step':>8} | {'img/s':>8} | {'peak GiB':>8} | {'CNN-JEPA /':>10} |")
+    print(f"|{'-' * 14}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 12}|")
+    for n in names:
+        pk = f"{peak[n]:.2f}" if n in peak else "-"
+        ratio = f"{med['cnn_jepa'] / med[n]:.3f}"
+        print(f"| {n:<12} | {med[n]:>8.4f} | {b / med[n]:>8.1f} | {pk:>8} | {ratio:>10} |")
+    r = {k: med["cnn_jepa"] / med[k] for k in ("byol", "simclr", "vicreg")}
+    dense = med["masked_enc"] / med["dense_enc"]
+    print(
+        f"ratios: byol={r['byol']:.3f} simclr={r['simclr']:.3f} vicreg={r['vicreg']:.3f} "
+        f"dense={dense:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
