@@ -1,25 +1,28 @@
-"""The ``jepa-lightning`` command: a LightningCLI over every JEPA module and DataModule."""
+"""The ``jepa-lightning`` command: a LightningCLI over every JEPA module, the evaluation modules
+(linear, k-NN, fine-tuning) and the DataModules."""
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import jepa_lightning.evaluation  # noqa: F401  (registers the evaluation modules as subclasses)
 from jepa_lightning.data.datamodule import SSLDataModule
-from jepa_lightning.methods.base import JEPAModule
 
 
 class JEPACLI(LightningCLI):
     """LightningCLI in subclass mode for model and data, with shared values linked once."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Say each value once: the DataModule owns the image size.
+        # Say each value once: the DataModule owns the image size. Every module run through
+        # this CLI (pretraining and evaluation) therefore takes an ``image_size`` argument.
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
 
 
 def main(args: list[str] | None = None) -> JEPACLI:
     """Entry point of ``jepa-lightning``; pass ``args`` to call it from Python or tests."""
     return JEPACLI(
-        JEPAModule,
+        pl.LightningModule,
         SSLDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

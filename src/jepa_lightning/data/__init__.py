@@ -6,13 +6,25 @@ from jepa_lightning.data.datamodule import (
     SSLDataModule,
     TensorImageDataset,
 )
+from jepa_lightning.data.folders import CheckedImageFolder
+from jepa_lightning.data.sampling import (
+    EpochSampler,
+    ResumableDataLoader,
+    SeededDataset,
+    resumable_train_loader,
+)
 from jepa_lightning.data.transforms import eval_transform, ssl_transform
 
 __all__ = [
+    "CheckedImageFolder",
     "DigitsDataModule",
+    "EpochSampler",
     "ImageFolderDataModule",
+    "ResumableDataLoader",
     "SSLDataModule",
+    "SeededDataset",
     "TensorImageDataset",
     "eval_transform",
+    "resumable_train_loader",
     "ssl_transform",
 ]

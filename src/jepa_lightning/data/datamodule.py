@@ -8,16 +8,19 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import ImageFolder
 
+from jepa_lightning.data.folders import BadImagePolicy, CheckedImageFolder
+from jepa_lightning.data.sampling import ResumableDataLoader, resumable_train_loader
 from jepa_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     eval_transform,
     ssl_transform,
 )
+from jepa_lightning.seeding import global_seed
 
 
 class TensorImageDataset(Dataset):
@@ -52,6 +55,13 @@ class SSLDataModule(pl.LightningDataModule):
         std: Normalisation standard deviation.
         pin_memory: Pin host memory for faster copies to the GPU.
         persistent_workers: Keep workers alive across epochs (when ``num_workers > 0``).
+        seed: Seed of the training order and augmentation: each image's crop and flip are a
+            pure function of ``(seed, epoch, index)``, whatever the number of workers or
+            processes, and training resumes mid-epoch exactly. ``None`` takes the
+            ``seed_everything`` seed (0 when unset).
+        num_views: Independently augmented views per training image. With ``1`` the SSL
+            training set yields ``(image, label)``; with ``n > 1`` it yields
+            ``([view_1, ..., view_n], label)`` (C-JEPA's two-view VICReg reading).
     """
 
     num_classes: int
@@ -68,8 +78,13 @@ class SSLDataModule(pl.LightningDataModule):
         std: Sequence[float] = IMAGENET_STD,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        seed: int | None = None,
+        num_views: int = 1,
     ) -> None:
         super().__init__()
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.num_views = num_views
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -79,13 +94,19 @@ class SSLDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.seed = seed
+        self._train_state: dict[str, int] = {}
+        self._train_loader_built: ResumableDataLoader | None = None
         self.train_ssl: Dataset | None = None
         self.train_eval: Dataset | None = None
         self.val: Dataset | None = None
 
     @property
     def train_transform(self) -> Callable:
-        return ssl_transform(self.image_size, self.crop_scale, self.hflip, self.mean, self.std)
+        transform = ssl_transform(self.image_size, self.crop_scale, self.hflip, self.mean, self.std)
+        if self.num_views > 1:  # several views: a list of independently augmented tensors
+            return MultiViewTransform([transform] * self.num_views)
+        return transform
 
     @property
     def eval_transform(self) -> Callable:
@@ -101,6 +122,8 @@ class SSLDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         assert dataset is not None, "setup() builds the datasets"
+        if train:
+            return self._train_loader(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -110,6 +133,29 @@ class SSLDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def _train_loader(self, dataset: Dataset) -> DataLoader:
+        """Seeded, sharded and resumable (see :mod:`jepa_lightning.data.sampling`)."""
+        loader = resumable_train_loader(
+            dataset,
+            self.batch_size,
+            seed=self.seed if self.seed is not None else global_seed(),
+            trainer=self.trainer,
+            state=self._train_state,  # resuming: continue where the checkpoint left the data
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+        self._train_state, self._train_loader_built = {}, loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training data position (epoch, batches consumed, seed), for exact resume."""
+        loader = self._train_loader_built
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_state = dict(state_dict.get("train_loader", {}))
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -186,14 +232,22 @@ class ImageFolderDataModule(SSLDataModule):
         root: Dataset directory holding the split folders.
         train_split: Name of the training split folder under ``root``.
         val_split: Name of the validation split folder under ``root`` (``val`` or ``test``).
+        on_bad_image: A file that cannot be decoded (corrupt, truncated): ``raise`` an error
+            naming it, or ``skip`` it with a warning naming it (the next image takes its place).
         **kwargs: Options of :class:`SSLDataModule` (``image_size``, ``batch_size``, ...).
     """
 
     def __init__(
-        self, root: str, train_split: str = "train", val_split: str = "val", **kwargs: Any
+        self,
+        root: str,
+        train_split: str = "train",
+        val_split: str = "val",
+        on_bad_image: BadImagePolicy = "raise",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root).expanduser()
+        self.on_bad_image = on_bad_image
         self.train_split = train_split
         self.val_split = val_split
         self._num_classes: int | None = None
@@ -217,9 +271,10 @@ class ImageFolderDataModule(SSLDataModule):
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train, val = self._folder(self.train_split), self._folder(self.val_split)
-        train_ssl = ImageFolder(str(train), transform=self.train_transform)
-        train_eval = ImageFolder(str(train), transform=self.eval_transform)
-        val_ds = ImageFolder(str(val), transform=self.eval_transform)
+        bad = self.on_bad_image
+        train_ssl = CheckedImageFolder(train, self.train_transform, bad)
+        train_eval = CheckedImageFolder(train, self.eval_transform, bad)
+        val_ds = CheckedImageFolder(val, self.eval_transform, bad)
         if train_ssl.classes != val_ds.classes:
             raise ValueError(
                 f"Train and val class folders differ under {str(self.root)!r}: "

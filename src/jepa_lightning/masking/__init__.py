@@ -7,5 +7,14 @@ from jepa_lightning.masking.grid import (
     MultiBlockMasking,
     RandomMasking,
 )
+from jepa_lightning.masking.ijepa import IJEPAMultiBlockMasking, PatchMasks
 
-__all__ = ["GridMasks", "MaskGenerator", "MixedMasking", "MultiBlockMasking", "RandomMasking"]
+__all__ = [
+    "GridMasks",
+    "IJEPAMultiBlockMasking",
+    "MaskGenerator",
+    "MixedMasking",
+    "MultiBlockMasking",
+    "PatchMasks",
+    "RandomMasking",
+]

@@ -12,7 +12,9 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from jepa_lightning.callbacks.ema import EMAMomentumSchedule
+from jepa_lightning.modules.masked_bn import MaskedBatchNorm2d
 from jepa_lightning.schedules import ScheduleKind, warmup_cosine
+from jepa_lightning.seeding import MASKS, derive_seed
 
 
 class JEPAModule(pl.LightningModule):
@@ -40,7 +42,9 @@ class JEPAModule(pl.LightningModule):
             :class:`EMAMomentumSchedule` callback is configured.
         ema_end: EMA momentum at the last step (same fallback).
         ema_schedule: Shape of the momentum ramp: ``cosine`` (CNN-JEPA) or ``linear`` (I-JEPA).
-        mask_seed: Seed of the mask generator (offset by the process rank).
+        mask_seed: Seed of the masks. Each training batch's masks are drawn from a generator
+            seeded with ``(mask_seed, global rank, epoch, batch index)``: they differ per rank,
+            are reproducible, and continue exactly after resuming from any checkpoint.
         nan_check_every_n_steps: Check the loss for NaN/inf every this many steps (each check
             is a host sync on GPU; 0 disables).
     """
@@ -107,21 +111,57 @@ class JEPAModule(pl.LightningModule):
         return self._mask_generator
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_finite_parameters()
         checkpoint["mask_generator_state"] = self.mask_generator.get_state()
+        checkpoint["last_finite_loss"] = self._last_finite_loss
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._last_finite_loss = checkpoint.get("last_finite_loss", float("nan"))
         state = checkpoint.get("mask_generator_state")
         if state is not None:
             self._pending_generator_state = state
             self._mask_generator = None
 
     # ---------------------------------------------------------------- Lightning plumbing
+    def setup(self, stage: str) -> None:
+        """Sync masked BatchNorm under ``Trainer(sync_batchnorm=True)``; check the batch size.
+
+        Lightning's ``sync_batchnorm`` converts only ``_BatchNorm`` subclasses (here: the
+        predictor's); :class:`MaskedBatchNorm2d` layers — context and target encoder — get
+        ``sync = True`` and all-reduce their statistics themselves.
+        """
+        trainer = self.trainer
+        # NOTE: ``_layer_sync`` is how Lightning's parallel strategies hold sync_batchnorm.
+        sync = stage == "fit" and getattr(trainer.strategy, "_layer_sync", None) is not None
+        if sync:
+            for module in self.modules():
+                if isinstance(module, MaskedBatchNorm2d):
+                    module.sync = True
+        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        too_small = stage == "fit" and isinstance(batch_size, int) and batch_size < 2
+        norms = (MaskedBatchNorm2d, nn.modules.batchnorm._BatchNorm)
+        has_bn = any(isinstance(m, norms) for m in self.modules())
+        if too_small and has_bn and not (sync and trainer.world_size > 1):
+            raise ValueError(
+                f"data.init_args.batch_size={batch_size} is too small: BatchNorm in training "
+                "mode needs at least 2 images per device to compute batch statistics. Use "
+                "batch_size >= 2 (tens of images per device are usual), or sync_batchnorm=True "
+                "with several devices."
+            )
+
     @staticmethod
     def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-        """``images`` or ``(images, labels, ...)`` -> ``(images, labels | None)``."""
+        """``images`` or ``(images, labels, ...)`` -> ``(images, labels | None)``.
+
+        ``images`` may be a list of augmented views (``SSLDataModule(num_views=2)``):
+        single-view methods get the first; multi-view methods (C-JEPA) override this.
+        """
         if isinstance(batch, Tensor):
             return batch, None
-        return batch[0], (batch[1] if len(batch) > 1 else None)
+        images = batch[0]
+        if isinstance(images, (list, tuple)):  # several views of the same images: the first
+            images = images[0]
+        return images, (batch[1] if len(batch) > 1 else None)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         images, _ = self.split_batch(batch)
@@ -170,6 +210,21 @@ class JEPAModule(pl.LightningModule):
             )
         self._last_finite_loss = value
 
+    def _check_finite_parameters(self) -> None:
+        """Refuse to save weights that could not be resumed (one host sync per checkpoint)."""
+        named = [(n, p) for n, p in self.named_parameters() if p.is_floating_point()]
+        if not named:
+            return
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+        bad = [n for (n, _), ok in zip(named, finite, strict=True) if not ok]
+        if bad:
+            raise FloatingPointError(
+                f"Parameters are not finite at step {self.global_step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}): not saving this checkpoint; the last one "
+                "on disk is kept. Likely causes: learning rate too high, fp16 overflow (use "
+                "bf16-mixed), or corrupt input; lower the lr or enable gradient clipping."
+            )
+
     def configure_callbacks(self) -> list[Callback]:
         """Add an EMA schedule from ``ema_start``/``ema_end`` unless the trainer has one."""
         if any(isinstance(cb, EMAMomentumSchedule) for cb in self.trainer.callbacks):
@@ -193,9 +248,13 @@ class JEPAModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         for group in optimizer.param_groups:
             group["initial_weight_decay"] = group["weight_decay"]
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if (self.trainer.max_epochs or 0) > 0 else None
-        steps_per_epoch = total / epochs if epochs else float(self.trainer.num_training_batches)
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)
+        if trainer.train_dataloader is None:  # max_steps without max_epochs: not loaded yet
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches  # per epoch, after limit_train_batches
+        accumulate = trainer.accumulate_grad_batches
+        steps_per_epoch = math.ceil(batches / accumulate) if math.isfinite(batches) else total
         warmup = round(self.warmup_epochs * steps_per_epoch)
 
         def factor(step: int) -> float:
@@ -210,6 +269,11 @@ class JEPAModule(pl.LightningModule):
         }
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Masks are a pure function of (mask_seed, rank, epoch, batch): exact after resuming
+        # (also mid-epoch and under DDP) and unaffected by callbacks that draw masks.
+        self.mask_generator.manual_seed(
+            derive_seed(MASKS, self.mask_seed, self.global_rank, self.current_epoch, batch_idx)
+        )
         if self.final_weight_decay is None:
             return
         total = int(self.trainer.estimated_stepping_batches)

@@ -93,6 +93,14 @@ class CNNJEPA(JEPAModule):
         self, images: Tensor, masks: GridMasks
     ) -> tuple[Tensor, Tensor]:
         """Prediction and target feature maps, each ``(B, C, h, w)``."""
+        size = self.grid * self.context_encoder.stride
+        if images.ndim != 4 or tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"Got a batch of shape {tuple(images.shape)}, but the model was built for "
+                f"(B, 3, {size}, {size}) images (image_size={size}, a {self.grid}x{self.grid} mask "
+                "grid). The DataModule's image_size and the model's must agree (the CLI links "
+                "data.init_args.image_size into the model); check that the transforms crop to it."
+            )
         with torch.no_grad():
             target = self.target_encoder(images)  # (B, C, h, w), full image, dense BN
         context = self.context_encoder(images, masks.context)  # (B, C, h, w), 0 where masked

@@ -8,12 +8,18 @@ from jepa_lightning.modules.masked_resnet import (
     export_torchvision_state_dict,
     masked_average_pool,
 )
+from jepa_lightning.modules.vit import VIT_ARCHS, ViTEncoder, sincos_pos_embed_2d
+from jepa_lightning.modules.vit_predictor import ViTPredictor
 
 __all__ = [
     "RESNETS",
+    "VIT_ARCHS",
     "ConvPredictor",
     "MaskedBatchNorm2d",
     "MaskedResNet",
+    "ViTEncoder",
+    "ViTPredictor",
     "export_torchvision_state_dict",
     "masked_average_pool",
+    "sincos_pos_embed_2d",
 ]

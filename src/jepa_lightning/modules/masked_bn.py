@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,19 +23,29 @@ class MaskedBatchNorm2d(nn.Module):
 
     NOTE: it deliberately does not subclass ``nn.modules.batchnorm._BatchNorm``: Lightning's
     ``sync_batchnorm=True`` converts every such subclass to a plain ``SyncBatchNorm`` and would
-    silently drop the masking (a bug of the reference code).
+    silently drop the masking (a bug of the reference code). Instead, with ``sync = True`` (the
+    JEPA modules set it when ``Trainer(sync_batchnorm=True)``) and ``torch.distributed``
+    initialised with more than one process, training-mode statistics cover the global batch:
+    the sums over visible positions and their counts are all-reduced, with gradients, so the
+    result equals one process normalising the concatenated batch. The dense path then does the
+    same with every position visible (``SyncBatchNorm`` semantics). It costs two small
+    all-reduces per layer forward and two backward, and no host sync.
 
     Args:
         num_features: Number of channels ``C``.
         eps: Added to the variance for numerical stability.
         momentum: Running-statistics momentum, as in PyTorch.
+        sync: Compute training statistics across all processes (see above).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, sync: bool = False
+    ) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
+        self.sync = sync
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -51,6 +62,25 @@ class MaskedBatchNorm2d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
+    def _forward_synced(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Training-mode BN over the visible positions of every process's batch."""
+        xf = x.float()  # statistics in float32 even under autocast
+        mf = torch.ones_like(xf[:, :1]) if mask is None else mask.float()  # (B, 1, H, W)
+        local = torch.cat([(xf * mf).sum(dim=(0, 2, 3)), mf.sum()[None]])  # (C + 1,)
+        total = _AllReduceSum.apply(local)
+        count = total[-1].clamp_min(1.0)  # visible positions of the global batch
+        mean = total[:-1] / count  # (C,)
+        centred = (xf - mean[:, None, None]) * mf  # (B, C, H, W), 0 at masked positions
+        var = _AllReduceSum.apply(centred.square().sum(dim=(0, 2, 3))) / count  # (C,) biased
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            unbiased = var * (count / (count - 1).clamp_min(1.0))
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        scale = (self.weight.float() * torch.rsqrt(var + self.eps))[:, None, None]
+        out = centred * scale + self.bias.float()[:, None, None] * mf
+        return out.to(x.dtype)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalise ``x``.
 
@@ -61,7 +91,11 @@ class MaskedBatchNorm2d(nn.Module):
         Returns:
             ``(B, C, H, W)`` normalised features, exactly 0 at masked positions.
         """
+        if self.sync and self.training and _multi_process():
+            return self._forward_synced(x, mask)
         if mask is None:
+            if self.training:
+                self.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does
             return F.batch_norm(
                 x,
                 self.running_mean,
@@ -134,3 +168,26 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         # dx = m · (k1·dy − k3·(x − μ) − k1·Σdy / n)
         grad_x = (dym * k1[:, None, None]).sub_(xf * k3[:, None, None]).add_(k0).mul_(mf)
         return grad_x.to(ctx.in_dtype), None, grad_weight.to(w.dtype), sum_dy, None
+
+
+def _multi_process() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all processes; the backward sums the gradients over all processes too (each
+    rank's input feeds every rank's output). Same maths as
+    ``torch.distributed.nn.functional.all_reduce``, which torch 2.14 deprecates with a warning
+    on every call."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out

@@ -1,0 +1,114 @@
+"""VICReg's variance, invariance and covariance terms (Bardes et al., 2022) on ``(B, D)``
+embeddings, for any JEPA that wants them as a regulariser (C-JEPA; CNN-JEPA variants).
+
+The three term functions are lightly's (``lightly.loss.vicreg_loss``), whose source matches the
+VICReg reference code: invariance ``s = mean‖z_a − z_b‖² / D`` (MSE), variance
+``v = mean_d max(0, 1 − √(Var(z_d) + ε))`` with the unbiased variance and ε = 1e-4, covariance
+``c = Σ_{i≠j} C(z)_{ij}² / D`` with ``C`` the unbiased covariance matrix. Under DDP the variance
+and covariance see the **global** batch: the embeddings are all-gathered with gradients
+(lightly's ``GatherLayer``; an ``all_reduce`` of statistics would cut the gradient, lightly
+#979). The invariance is per sample and stays local (DDP averages it).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from lightly.loss.vicreg_loss import covariance_loss, invariance_loss, variance_loss
+from lightly.utils.dist import gather
+from torch import Tensor, nn
+
+
+def gather_batch(z: Tensor, dim: int = 0) -> Tensor:
+    """Concatenate ``z`` from every process along ``dim``, with gradients flowing back to each
+    process's own slice (identity without an initialised process group of size > 1)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    return torch.cat(gather(z.contiguous()), dim=dim)
+
+
+def invariance_term(z_a: Tensor, z_b: Tensor) -> Tensor:
+    """``mean((z_a − z_b)²)`` over ``(B, D)``: VICReg's invariance ``s(Z, Z')``."""
+    return invariance_loss(z_a, z_b)
+
+
+def variance_term(z: Tensor, eps: float = 1e-4) -> Tensor:
+    """Hinge on the per-dimension std of ``z (B, D)``: VICReg's ``v(Z)`` (target std 1)."""
+    return variance_loss(z, eps=eps)
+
+
+def covariance_term(z: Tensor) -> Tensor:
+    """Sum of squared off-diagonal covariances of ``z (B, D)`` divided by ``D``: ``c(Z)``."""
+    return covariance_loss(z)
+
+
+class VICRegOutput(NamedTuple):
+    """The weighted sum and the unweighted terms (0-dim float32 tensors)."""
+
+    loss: Tensor
+    invariance: Tensor
+    variance: Tensor
+    covariance: Tensor
+
+
+class VICRegTerms(nn.Module):
+    """VICReg on one or more ``(B, D)`` embeddings ("branches") of the same images.
+
+    ``loss = sim_weight · invariance + std_weight · variance + cov_weight · covariance`` with
+
+    * ``invariance`` — mean over branch pairs of :func:`invariance_term` (0 for one branch);
+    * ``variance`` — mean over branches of :func:`variance_term` (on the global batch);
+    * ``covariance`` — sum over branches of :func:`covariance_term` (on the global batch).
+
+    For two branches this is exactly VICReg's loss as its reference code and lightly's
+    ``VICRegLoss`` compute it (variance averaged, covariance summed over the two branches).
+    Computed in float32 with autocast off, whatever the trainer's precision.
+
+    Args:
+        sim_weight: Weight λ of the invariance term (VICReg: 25).
+        std_weight: Weight μ of the variance term (VICReg: 25).
+        cov_weight: Weight ν of the covariance term (VICReg: 1).
+        eps: ε inside the square root of the variance term.
+        gather_distributed: Compute variance and covariance over the batch of all processes.
+    """
+
+    def __init__(
+        self,
+        sim_weight: float = 25.0,
+        std_weight: float = 25.0,
+        cov_weight: float = 1.0,
+        eps: float = 1e-4,
+        gather_distributed: bool = True,
+    ) -> None:
+        super().__init__()
+        self.sim_weight = sim_weight
+        self.std_weight = std_weight
+        self.cov_weight = cov_weight
+        self.eps = eps
+        self.gather_distributed = gather_distributed
+
+    def forward(self, *embeddings: Tensor) -> VICRegOutput:
+        if not embeddings or any(z.ndim != 2 for z in embeddings):
+            raise ValueError("VICRegTerms expects one or more (B, D) embeddings")
+        with torch.autocast(embeddings[0].device.type, enabled=False):
+            zs = torch.stack([z.float() for z in embeddings])  # (n, B, D)
+            if zs.shape[1] < 2:
+                raise ValueError("VICReg's variance needs at least 2 samples per batch")
+            pairs = list(combinations(range(len(embeddings)), 2))
+            invariance = (
+                torch.stack([invariance_term(zs[i], zs[j]) for i, j in pairs]).mean()
+                if pairs
+                else zs.new_zeros(())
+            )
+            full = gather_batch(zs, dim=1) if self.gather_distributed else zs  # (n, W·B, D)
+            variance = torch.stack([variance_term(z, self.eps) for z in full]).mean()
+            covariance = torch.stack([covariance_term(z) for z in full]).sum()
+            loss = (
+                self.sim_weight * invariance
+                + self.std_weight * variance
+                + self.cov_weight * covariance
+            )
+        return VICRegOutput(loss, invariance, variance, covariance)

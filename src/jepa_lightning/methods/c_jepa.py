@@ -1,0 +1,229 @@
+"""C-JEPA (Mo & Tong, arXiv 2410.19560, NeurIPS 2024) and I-JEPA (Assran et al., 2023) on ViTs.
+
+Specification implemented (``docs/c_jepa.md`` has the long form and the reasons):
+
+* **I-JEPA part** (C-JEPA keeps it unchanged): patch grid of a ViT without class token and with
+  fixed 2-D sin-cos positions; multi-block masking (4 target blocks of scale 0.15–0.2, aspect
+  0.75–1.5; one context block of scale 0.85–1.0 minus the targets); the context encoder sees
+  the context tokens only, the EMA target encoder (momentum linear 0.996 -> 1.0 per step) all
+  tokens; a narrow ViT predictor fills each target block from mask tokens + positions;
+  ``L_JEPA`` = smooth-L1 between predictions and the layer-normalised target tokens, averaged
+  over target patches (I-JEPA §3; smooth-L1 and the LayerNorm as in its reference code).
+* **C-JEPA part**: ``L = L_JEPA + β_vicreg · (β_sim · L_inv + β_std · L_var + β_cov · L_cov)``
+  with ``β_vicreg = 0.001`` and ``β_sim, β_std, β_cov = 25, 25, 1`` (the paper's Eq. 21–22),
+  the VICReg terms of :class:`~jepa_lightning.losses.VICRegTerms` (variance/covariance over
+  the global batch under DDP).
+* **Where the VICReg terms apply** (``vicreg_mode``; the paper is ambiguous):
+  ``views`` (default) — on the patch-mean context-encoder embeddings ``(B, D)`` of two
+  augmented views of each image, each view also giving its own I-JEPA loss (the abstract's
+  "invariance in the mean of augmented views" and the stated defect of I-JEPA: "learning the
+  mean of patch representations"); ``encoders`` — patch-mean context- vs target-encoder
+  embeddings of one view; ``blocks`` — the predictor's outputs mean-pooled per target block,
+  VICReg across the blocks of one view.
+
+With ``vicreg_weight = 0`` (or :class:`IJEPA`) no VICReg term is computed and only the first
+view is used: the module *is* I-JEPA.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jepa_lightning.losses.ijepa import ijepa_loss, layer_norm_targets
+from jepa_lightning.losses.vicreg import VICRegTerms
+from jepa_lightning.masking.ijepa import IJEPAMultiBlockMasking, PatchMasks
+from jepa_lightning.methods.base import JEPAModule
+from jepa_lightning.modules.vit import ViTArch, ViTEncoder, gather_tokens
+from jepa_lightning.modules.vit_predictor import ViTPredictor
+from jepa_lightning.schedules import ScheduleKind
+
+VICRegMode = Literal["views", "encoders", "blocks"]
+
+
+class JEPAForward(NamedTuple):
+    """A batch (views concatenated) through context encoder, predictor and target encoder."""
+
+    prediction: Tensor  # (B, n_blocks, Nt, D) predictor outputs
+    target: Tensor  # (B, n_blocks, Nt, D) layer-normalised target tokens, float32, no grad
+    context: Tensor  # (B, Nc, D) context-encoder outputs
+    target_tokens: Tensor  # (B, N, D) target-encoder outputs (before the target LayerNorm)
+
+
+class CJEPA(JEPAModule):
+    """C-JEPA: I-JEPA plus VICReg variance/invariance/covariance terms (see the module docs).
+
+    Args:
+        arch: ViT size: ``vit_tiny`` (192 wide), ``vit_small`` (384), ``vit_base`` (768), ...
+        patch_size: Patch side in pixels: 16 (or 14) for 224 px, 4–8 for 32–64 px images.
+        image_size: Training image side in pixels, a multiple of ``patch_size``. Linked from
+            the DataModule by the CLI.
+        depth: Encoder depth; ``None`` = the architecture's (12 for tiny/small/base).
+        predictor_embed_dim: Predictor width (I-JEPA: 384).
+        predictor_depth: Predictor depth (I-JEPA reference: 12).
+        predictor_num_heads: Predictor attention heads; ``None`` = the encoder's (reference).
+        masking: Multi-block mask generator on the patch grid; ``None`` = the paper's settings.
+        vicreg_weight: β_vicreg, weight of the VICReg sum (paper: 0.001); 0 = I-JEPA.
+        sim_weight: β_sim, weight of the invariance term (paper: 25).
+        std_weight: β_std, weight of the variance term (paper: 25).
+        cov_weight: β_cov, weight of the covariance term (paper: 1).
+        vicreg_mode: Where the VICReg terms apply: ``views`` (two augmented views, needs
+            ``data.init_args.num_views: 2``), ``encoders`` or ``blocks`` (one view).
+        gather_distributed: Variance and covariance over the batch of all processes (DDP).
+        ema_schedule: Shape of the EMA momentum ramp (I-JEPA: linear 0.996 -> 1.0).
+        final_weight_decay: Weight decay at the end of a cosine ramp from the optimiser's
+            (I-JEPA/C-JEPA: 0.04 -> 0.4); ``None`` keeps it constant.
+        **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
+    """
+
+    def __init__(
+        self,
+        arch: ViTArch = "vit_base",
+        patch_size: int = 16,
+        image_size: int = 224,
+        depth: int | None = None,
+        predictor_embed_dim: int = 384,
+        predictor_depth: int = 12,
+        predictor_num_heads: int | None = None,
+        masking: IJEPAMultiBlockMasking | None = None,
+        vicreg_weight: float = 0.001,
+        sim_weight: float = 25.0,
+        std_weight: float = 25.0,
+        cov_weight: float = 1.0,
+        vicreg_mode: VICRegMode = "views",
+        gather_distributed: bool = True,
+        ema_schedule: ScheduleKind = "linear",
+        final_weight_decay: float | None = 0.4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(ema_schedule=ema_schedule, final_weight_decay=final_weight_decay, **kwargs)
+        self.save_hyperparameters(ignore=["masking", "optimizer"])
+        if vicreg_mode not in ("views", "encoders", "blocks"):
+            raise ValueError(f"vicreg_mode must be views, encoders or blocks, not {vicreg_mode!r}")
+        self.context_encoder = ViTEncoder(arch, image_size, patch_size, depth)
+        self.grid = self.context_encoder.grid
+        self.masking = masking if masking is not None else IJEPAMultiBlockMasking()
+        self.masking.validate_grid(*self.grid)
+        self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+        self.predictor = ViTPredictor(
+            self.embed_dim,
+            self.grid,
+            embed_dim=predictor_embed_dim,
+            depth=predictor_depth,
+            num_heads=predictor_num_heads or self.context_encoder.num_heads,
+        )
+        self.vicreg = VICRegTerms(sim_weight, std_weight, cov_weight, 1e-4, gather_distributed)
+        self.vicreg_weight = vicreg_weight
+        self.vicreg_mode = vicreg_mode
+
+    @property
+    def embed_dim(self) -> int:
+        return self.context_encoder.embed_dim
+
+    @property
+    def uses_vicreg(self) -> bool:
+        weights = (self.vicreg.sim_weight, self.vicreg.std_weight, self.vicreg.cov_weight)
+        return self.vicreg_weight != 0 and any(w != 0 for w in weights)
+
+    @staticmethod
+    def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+        """Like :meth:`JEPAModule.split_batch`; several views come stacked ``(B, V, 3, H, W)``."""
+        if isinstance(batch, Tensor):
+            return batch, None
+        images = batch[0]
+        if isinstance(images, (list, tuple)):
+            images = torch.stack(list(images), dim=1)  # (B, V, 3, H, W)
+        return images, (batch[1] if len(batch) > 1 else None)
+
+    def sample_masks(self, batch_size: int) -> PatchMasks:
+        """Masks for one batch from the module's seeded generator, on the module's device."""
+        return self.masking(batch_size, *self.grid, generator=self.mask_generator).to(self.device)
+
+    def forward_masked(self, images: Tensor, masks: PatchMasks) -> JEPAForward:
+        """Run one view ``(B, 3, H, W)`` through the three networks."""
+        with torch.no_grad():
+            tokens = self.target_encoder(images)  # (B, N, D), all patches
+            b, n, nt = masks.targets.shape
+            target = gather_tokens(layer_norm_targets(tokens), masks.targets.view(b, n * nt))
+        context = self.context_encoder(images, masks.context)  # (B, Nc, D)
+        prediction = self.predictor(context, masks.context, masks.targets)  # (B, n, Nt, D)
+        return JEPAForward(prediction, target.view(b, n, nt, -1), context, tokens)
+
+    def vicreg_embeddings(self, fwd: JEPAForward, num_views: int = 1) -> list[Tensor]:
+        """The ``(B, D)`` branches VICReg compares, per ``vicreg_mode``. ``fwd`` holds the
+        ``num_views`` views concatenated along the batch."""
+        if self.vicreg_mode == "views":
+            # NOTE: the patch mean is taken over each view's context tokens — the pass the
+            # I-JEPA loss already needs — not over an extra unmasked pass of the context encoder.
+            return list(fwd.context.mean(dim=1).chunk(num_views))  # V × (B, D)
+        if self.vicreg_mode == "encoders":
+            return [fwd.context.mean(dim=1), fwd.target_tokens.mean(dim=1)]
+        return list(fwd.prediction.mean(dim=2).unbind(dim=1))  # n_blocks × (B, D)
+
+    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
+        views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
+        b = views[0].shape[0]
+        two_views = self.uses_vicreg and self.vicreg_mode == "views"
+        # Evaluation loaders give one view: there the VICReg sum has no invariance term.
+        if two_views and len(views) < 2 and self.training:
+            raise ValueError(
+                "vicreg_mode='views' needs two augmented views per image: set "
+                "data.init_args.num_views: 2, or choose vicreg_mode 'encoders' or 'blocks'."
+            )
+        views = views[:2] if two_views else views[:1]
+        # All views in one pass, each image with its own masks: (V·B, 3, H, W).
+        batch = torch.cat(views) if len(views) > 1 else views[0]
+        fwd = self.forward_masked(batch, self.sample_masks(batch.shape[0]))
+        jepa = ijepa_loss(fwd.prediction, fwd.target)  # = mean of the views' I-JEPA losses
+        out = {
+            "jepa_loss": jepa,
+            "context_tokens": jepa.new_tensor(float(fwd.context.shape[1])),
+            "embedding": fwd.target_tokens[:b].mean(dim=1).detach().float(),  # (B, D)
+        }
+        loss = jepa
+        if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
+            vic = self.vicreg(*self.vicreg_embeddings(fwd, len(views)))
+            loss = jepa + self.vicreg_weight * vic.loss
+            out.update(
+                vicreg_loss=vic.loss,
+                vic_invariance=vic.invariance,
+                vic_variance=vic.variance,
+                vic_covariance=vic.covariance,
+            )
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        return self.target_encoder(images).mean(dim=1).float()  # (B, D)
+
+    @torch.no_grad()
+    def mask_preview(self, images: Tensor) -> dict[str, Tensor]:
+        """Masks and per-patch cosine similarity of prediction and target (0 off-target)."""
+        masks = self.sample_masks(images.shape[0])
+        fwd = self.forward_masked(images, masks)
+        sim = F.cosine_similarity(fwd.prediction.float(), fwd.target, dim=-1)  # (B, n, Nt)
+        b = images.shape[0]
+        grid = torch.zeros(b, self.grid[0] * self.grid[1], device=sim.device)
+        grid.scatter_(1, masks.targets.flatten(1), sim.flatten(1))  # overlaps: one block wins
+        return {
+            "context": masks.context_grid(),
+            "target": masks.target_grid(),
+            "similarity": grid.view(b, *self.grid),
+        }
+
+
+class IJEPA(CJEPA):
+    """I-JEPA: :class:`CJEPA` with the VICReg terms off (one view, no extra cost).
+
+    Args:
+        vicreg_weight: 0 (I-JEPA). Any other value turns this into a C-JEPA.
+        **kwargs: Options of :class:`CJEPA`.
+    """
+
+    def __init__(self, vicreg_weight: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(vicreg_weight=vicreg_weight, **kwargs)
