@@ -4,7 +4,9 @@ Trains a small ViT on the embedded digits data with the real Trainer, once per m
 setting, and reports collapse indicators of the pooled target-encoder embeddings (what
 ``embed`` and the monitors use) on the 360 validation images:
 
-* RankMe (Garrido et al., 2023) = exp(entropy of the normalised singular values), 1 = collapsed;
+* RankMe (Garrido et al., 2023) = exp(entropy of the normalised singular values), 1 = collapsed
+  (as in the paper on uncentred features, dominated by the shared mean direction of pooled ViT
+  tokens; also on centred features, the rank of what varies between images);
 * feature std = mean per-dimension std of the L2-normalised embeddings, 0 = collapsed;
 * the mean per-dimension std of the raw context-encoder patch means (VICReg's variance target).
 
@@ -12,7 +14,7 @@ setting, and reports collapse indicators of the pooled target-encoder embeddings
 only, no EMA), the setting in which I-JEPA has nothing but its predictor against collapse.
 
     python benchmarks/collapse_cjepa.py --steps 60 --momentum 0.0
-    python benchmarks/collapse_cjepa.py --steps 60 --momentum 0.0 --modes ijepa views encoders blocks
+    python benchmarks/collapse_cjepa.py --momentum 0.0 --modes ijepa views encoders blocks
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ def indicators(model: CJEPA, dm: DigitsDataModule) -> dict[str, float]:
         feats.append(model.embed(images))  # (B, D) target encoder, mean over patches
         ctx.append(model.context_encoder(images).mean(dim=1))  # (B, D) online, all patches
     f, c = torch.cat(feats), torch.cat(ctx)
-    return {"rankme": rankme(f), "feature_std": feature_std(f), "ctx_std": c.std(0).mean().item()}
+    return {
+        "rankme": rankme(f),
+        "rankme_centred": rankme(f - f.mean(dim=0)),
+        "feature_std": feature_std(f),
+        "ctx_std": c.std(0).mean().item(),
+    }
 
 
 def run(mode: str, momentum: float, steps: int, seed: int, depth: int) -> dict[str, float]:
@@ -92,13 +99,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"steps={args.steps} momentum={args.momentum} depth={args.depth} seed={args.seed}")
-    print("| method | RankMe init | RankMe | feature std | ctx std | JEPA loss | s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | RankMe init | RankMe | centred | feat. std | ctx std | JEPA loss | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         r = run(mode, args.momentum, args.steps, args.seed, args.depth)
         name = "I-JEPA" if mode == "ijepa" else f"C-JEPA ({mode})"
         print(
-            f"| {name} | {r['rankme_init']:.1f} | {r['rankme']:.1f} | {r['feature_std']:.4f} "
+            f"| {name} | {r['rankme_init']:.1f} | {r['rankme']:.1f} | {r['rankme_centred']:.1f} "
+            f"| {r['feature_std']:.4f} "
             f"| {r['ctx_std']:.4f} | {r['jepa_loss']:.4f} | {r['seconds']:.0f} |",
             flush=True,
         )

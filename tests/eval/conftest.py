@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         limit_train_batches=2,
         limit_val_batches=1,
     )
+
+
+@pytest.fixture(scope="session")
+def pretrain_fn() -> Callable[..., Path]:
+    """:func:`pretrain`, for tests that pretrain with their own settings."""
+    return pretrain

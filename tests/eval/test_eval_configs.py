@@ -26,8 +26,8 @@ def _base_args(path: Path, tmp_path: Path, image_folder: Path) -> list[str]:
     ]  # fmt: skip
     if config["data"]["class_path"].endswith("ImageFolderDataModule"):
         args += ["--data.init_args.root", str(image_folder)]
-    if config["data"]["init_args"].get("image_size", 0) > 64:  # ResNet-50 at 224 px: shrink
-        args += ["--data.init_args.image_size", "64"]
+    if config["data"]["init_args"].get("image_size", 0) > 128:  # ResNet-50 at 224 px: shrink
+        args += ["--data.init_args.image_size", "128"]  # (a 4x4 mask grid at stride 32)
     if "logger" in config["trainer"] and config["trainer"]["logger"]:
         args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     return args
@@ -49,10 +49,11 @@ def test_eval_config_runs(
     if small.get("small_images"):  # the tiny checkpoint is a ResNet-18 with the small stem
         args += ["--model.init_args.checkpoint", str(tiny_checkpoint)]
     if path.name.startswith("knn_"):
-        args += ["--trainer.limit_val_batches", "2", "--model.init_args.max_bank_size", "16"]
+        args += ["--trainer.limit_val_batches", "2", "--model.init_args.max_bank_size", "10"]
         cli = main(["validate", *args])
         assert isinstance(cli.model, KNNEvaluation)
-        assert cli.model.result["bank_size"] == 16 and cli.model.result["num_queries"] == 8
+        assert cli.model.result["bank_size"] == 10  # a seeded subset of the training split
+        assert 0 < cli.model.result["num_queries"] <= 8  # 2 batches of 4 (or the whole split)
         assert 0.0 <= cli.trainer.callback_metrics["knn/top1"] <= 1.0
         return
     cli = main(["fit", *args, "--trainer.fast_dev_run", "1"])

@@ -7,6 +7,7 @@ today, the ViT methods later — is evaluated the same way.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from pathlib import Path
@@ -124,7 +125,8 @@ def resolve_method(
     if isinstance(method, JEPAModule):
         if checkpoint is not None:
             raise ValueError("Give either a checkpoint or a method instance, not both.")
-        module = method
+        # the caller's module must keep its own target encoder
+        module = copy.deepcopy(method) if encoder == "context" else method
     elif checkpoint is not None:
         module = load_pretrained(checkpoint, method)
     elif method is not None:
@@ -134,7 +136,7 @@ def resolve_method(
             "Nothing to evaluate: set `checkpoint` to a pretraining checkpoint, or `method` "
             "(class_path/init_args) for a randomly initialised backbone."
         )
-    return use_encoder(module, encoder)
+    return use_encoder(module, encoder).eval()
 
 
 def accuracy_metrics(num_classes: int) -> nn.ModuleDict:

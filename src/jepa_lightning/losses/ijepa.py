@@ -18,6 +18,9 @@ def ijepa_loss(prediction: Tensor, target: Tensor) -> Tensor:
     patch of every block and image and over channels (the reference's
     ``F.smooth_l1_loss(z, h)``).
 
+    NOTE: the I-JEPA paper writes the loss as a squared L2 distance; its reference code (and
+    DESIGN §3) use smooth-L1, which we follow.
+
     Args:
         prediction: ``(B, n_blocks, Nt, D)`` predictor outputs.
         target: ``(B, n_blocks, Nt, D)`` layer-normalised target-encoder tokens at the same
