@@ -7,6 +7,7 @@ RankMe and the mean per-dimension std of the L2-normalised embeddings of the tes
 
 Variants (``--variants``):
 
+* ``random`` — no pretraining (randomly initialised encoder), for reference;
 * ``plain`` — the paper's CNN-JEPA (no regulariser);
 * ``varcov`` — plus VICReg variance + covariance (weights 25 / 1, one view, no extra pass);
 * ``vicreg`` — plus the full C-JEPA terms (25 / 25 / 1) with the invariance term on a second
@@ -37,6 +38,7 @@ from jepa_lightning.callbacks.metrics import feature_std, knn_accuracy, rankme
 from jepa_lightning.losses import VICRegTerms
 
 VARIANTS = {  # (sim, std, cov) weights; None = no regulariser
+    "random": None,  # no pretraining at all: the reference a short budget must beat
     "plain": None,
     "varcov": (0.0, 25.0, 1.0),
     "vicreg": (25.0, 25.0, 1.0),
@@ -58,17 +60,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     root, b = cifar_root(args.data), args.batch_size
-    common = dict(root=str(root), val_split="test", image_size=32, batch_size=b,
-                  num_workers=args.workers, eval_resize_ratio=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
+    common = dict(
+        root=str(root),
+        val_split="test",
+        image_size=32,
+        batch_size=b,
+        num_workers=args.workers,
+        eval_resize_ratio=1.0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    )
     eval_dm = ImageFolderDataModule(**common)
     eval_dm.setup()
     g = torch.Generator().manual_seed(args.seed)
     bank_idx = torch.randperm(len(eval_dm.train_eval), generator=g)[: args.bank_size].tolist()
     query_idx = torch.randperm(len(eval_dm.val), generator=g)[: args.query_size].tolist()
-    bank_loader = DataLoader(Subset(eval_dm.train_eval, bank_idx), batch_size=256,
-                             num_workers=args.workers)
-    query_loader = DataLoader(Subset(eval_dm.val, query_idx), batch_size=256,
-                              num_workers=args.workers)
+    bank_loader = DataLoader(
+        Subset(eval_dm.train_eval, bank_idx), batch_size=256, num_workers=args.workers
+    )
+    query_loader = DataLoader(
+        Subset(eval_dm.val, query_idx), batch_size=256, num_workers=args.workers
+    )
 
     rows = []
     for setting in args.settings:
@@ -90,27 +102,42 @@ def main() -> None:
                 )  # fmt: skip
 
             pl.seed_everything(args.seed)
-            model, info = pretrain(make, dm, args.budget_min * 60)
+            if variant == "random":
+                if setting != args.settings[0]:
+                    continue  # the same encoder in every setting
+                model, info = make(), {"steps": 0, "epochs": 0.0, "wall_s": 0.0, "step_s": 0.0}
+            else:
+                model, info = pretrain(make, dm, args.budget_min * 60)
             t0 = time.perf_counter()
             fb, lb = features(model.target_encoder, bank_loader)
             fq, lq = features(model.target_encoder, query_loader)
-            knn = knn_accuracy(fq, lq, fb, lb, num_classes=10, k=200, temperature=0.1,
-                               topk=(1,))[1]
-            row = dict(setting=setting, variant=variant, knn=100 * knn, rankme=rankme(fq),
-                       std=feature_std(fq), eval_s=time.perf_counter() - t0, **info)
+            knn = knn_accuracy(fq, lq, fb, lb, num_classes=10, k=200, temperature=0.1, topk=(1,))[1]
+            row = dict(
+                setting=setting,
+                variant=variant,
+                knn=100 * knn,
+                rankme=rankme(fq),
+                std=feature_std(fq),
+                eval_s=time.perf_counter() - t0,
+                **info,
+            )
             rows.append(row)
             print(row, flush=True)
 
-    print(f"\n# CIFAR-10 (JPEG q75), CNN-JEPA ResNet-18 small stem, 32 px, batch {b}, "
-          f"{args.budget_min:g} min per run, β_vicreg {args.vicreg_weight:g}, "
-          f"{torch.get_num_threads()} threads; k-NN bank {len(bank_idx)} train / "
-          f"{len(query_idx)} test images; RankMe/std on those test embeddings (D = 512)")
+    print(
+        f"\n# CIFAR-10 (JPEG q75), CNN-JEPA ResNet-18 small stem, 32 px, batch {b}, "
+        f"{args.budget_min:g} min per run, β_vicreg {args.vicreg_weight:g}, "
+        f"{torch.get_num_threads()} threads; k-NN bank {len(bank_idx)} train / "
+        f"{len(query_idx)} test images; RankMe/std on those test embeddings (D = 512)"
+    )
     print("| setting | variant | steps | epochs | s/step | k-NN top-1 | RankMe | feature std |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['setting']} | {r['variant']} | {r['steps']} | {r['epochs']:.2f} | "
-              f"{r['wall_s'] / max(r['steps'], 1):.3f} | {r['knn']:.2f} | {r['rankme']:.1f} | "
-              f"{r['std']:.4f} |")
+        print(
+            f"| {r['setting']} | {r['variant']} | {r['steps']} | {r['epochs']:.2f} | "
+            f"{r['wall_s'] / max(r['steps'], 1):.3f} | {r['knn']:.2f} | {r['rankme']:.1f} | "
+            f"{r['std']:.4f} |"
+        )
     print("knn_top1: " + " ".join(f"{r['setting']}/{r['variant']}={r['knn']:.2f}" for r in rows))
 
 

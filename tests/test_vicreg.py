@@ -15,7 +15,13 @@ from jepa_lightning.losses import VICRegTerms, covariance_term, invariance_term,
 
 SCRIPTS = Path(__file__).parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-from vicreg_ddp_check import BATCH, make_inputs  # noqa: E402
+from vicreg_ddp_check import (  # noqa: E402
+    BATCH,
+    cnn_shared_step,
+    make_cnn_inputs,
+    make_cnn_model,
+    make_inputs,
+)
 
 
 def _variance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -128,3 +134,19 @@ def test_variance_and_covariance_use_the_global_batch_under_ddp(tmp_path: Path) 
         assert r["grad_a"] is not None and r["grad_a"].abs().sum() > 0
         torch.testing.assert_close(r["grad_a"] / world, a.grad[shard])  # type: ignore[index]
         torch.testing.assert_close(r["grad_b"] / world, b.grad[shard])  # type: ignore[index]
+    # CNN-JEPA's regulariser, the same terms inside shared_step on image shards: variance and
+    # covariance are those of the whole batch, and the gradients DDP averages equal the
+    # single-process gradients of the same loss on the concatenated batch.
+    model = make_cnn_model()
+    images, masks = make_cnn_inputs()
+    single = cnn_shared_step(model, images, masks)
+    single["loss"].backward()
+    for r in ranks:
+        torch.testing.assert_close(r["cnn"]["vic_variance"], single["vic_variance"])
+        torch.testing.assert_close(r["cnn"]["vic_covariance"], single["vic_covariance"])
+    # (the JEPA part is a per-image mean: equal shards average to the global value)
+    jepa = sum(r["cnn"]["jepa_loss"] for r in ranks) / world
+    torch.testing.assert_close(jepa, single["jepa_loss"])
+    for name, p in model.context_encoder.named_parameters():
+        averaged = sum(r["cnn_grads"][name] for r in ranks) / world  # what DDP applies
+        torch.testing.assert_close(averaged, p.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -53,6 +53,15 @@ class VICRegOutput(NamedTuple):
     variance: Tensor
     covariance: Tensor
 
+    def scalars(self) -> dict[str, Tensor]:
+        """The four values under the names the methods log them with."""
+        return {
+            "vicreg_loss": self.loss,
+            "vic_invariance": self.invariance,
+            "vic_variance": self.variance,
+            "vic_covariance": self.covariance,
+        }
+
 
 class VICRegTerms(nn.Module):
     """VICReg on one or more ``(B, D)`` embeddings ("branches") of the same images.
@@ -89,6 +98,11 @@ class VICRegTerms(nn.Module):
         self.cov_weight = cov_weight
         self.eps = eps
         self.gather_distributed = gather_distributed
+
+    @property
+    def is_zero(self) -> bool:
+        """All three weights are 0: the sum is identically 0 (callers skip computing it)."""
+        return self.sim_weight == 0 and self.std_weight == 0 and self.cov_weight == 0
 
     def forward(self, *embeddings: Tensor) -> VICRegOutput:
         if not embeddings or any(z.ndim != 2 for z in embeddings):

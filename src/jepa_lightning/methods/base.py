@@ -163,6 +163,17 @@ class JEPAModule(pl.LightningModule):
             images = images[0]
         return images, (batch[1] if len(batch) > 1 else None)
 
+    @staticmethod
+    def stack_views(batch: Any) -> tuple[Tensor, Tensor | None]:
+        """Like :meth:`split_batch`, for multi-view methods: several views come stacked
+        ``(B, V, 3, H, W)``; a single view stays ``(B, 3, H, W)``."""
+        if isinstance(batch, Tensor):
+            return batch, None
+        images = batch[0]
+        if isinstance(images, (list, tuple)):
+            images = torch.stack(list(images), dim=1)  # (B, V, 3, H, W)
+        return images, (batch[1] if len(batch) > 1 else None)
+
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         images, _ = self.split_batch(batch)
         out = self.shared_step(images)

@@ -126,18 +126,9 @@ class CJEPA(JEPAModule):
 
     @property
     def uses_vicreg(self) -> bool:
-        weights = (self.vicreg.sim_weight, self.vicreg.std_weight, self.vicreg.cov_weight)
-        return self.vicreg_weight != 0 and any(w != 0 for w in weights)
+        return self.vicreg_weight != 0 and not self.vicreg.is_zero
 
-    @staticmethod
-    def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-        """Like :meth:`JEPAModule.split_batch`; several views come stacked ``(B, V, 3, H, W)``."""
-        if isinstance(batch, Tensor):
-            return batch, None
-        images = batch[0]
-        if isinstance(images, (list, tuple)):
-            images = torch.stack(list(images), dim=1)  # (B, V, 3, H, W)
-        return images, (batch[1] if len(batch) > 1 else None)
+    split_batch = staticmethod(JEPAModule.stack_views)  # views stacked (B, V, 3, H, W)
 
     def sample_masks(self, batch_size: int) -> PatchMasks:
         """Masks for one batch from the module's seeded generator, on the module's device."""
@@ -188,12 +179,7 @@ class CJEPA(JEPAModule):
         if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
             vic = self.vicreg(*self.vicreg_embeddings(fwd, len(views)))
             loss = jepa + self.vicreg_weight * vic.loss
-            out.update(
-                vicreg_loss=vic.loss,
-                vic_invariance=vic.invariance,
-                vic_variance=vic.variance,
-                vic_covariance=vic.covariance,
-            )
+            out.update(vic.scalars())
         out["loss"] = loss
         return out
 

@@ -10,10 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jepa_lightning.losses.jepa import normalized_smooth_l1
+from jepa_lightning.losses.vicreg import VICRegTerms
 from jepa_lightning.masking.grid import GridMasks, MaskGenerator, MixedMasking
 from jepa_lightning.methods.base import JEPAModule
 from jepa_lightning.modules.conv_predictor import ConvPredictor
-from jepa_lightning.modules.masked_resnet import MaskedResNet, masked_average_pool
+from jepa_lightning.modules.masked_resnet import (
+    MaskedResNet,
+    SparseBackend,
+    masked_average_pool,
+)
 
 
 class CNNJEPA(JEPAModule):
@@ -36,6 +41,23 @@ class CNNJEPA(JEPAModule):
             on GPUs with tensor cores, and with bf16).
         compile: ``torch.compile`` the encoders and the predictor in place (state-dict keys
             unchanged); fuses the masked BatchNorm's elementwise work.
+        vicreg: C-JEPA's VICReg regulariser (the same :class:`~jepa_lightning.losses.VICRegTerms`
+            the :class:`~jepa_lightning.CJEPA` module uses); ``None`` (default) = the paper's
+            CNN-JEPA, which has none. The loss becomes ``L_JEPA + vicreg_weight · (sim · L_inv +
+            std · L_var + cov · L_cov)`` (C-JEPA's Eq. 21–22), on the context encoder's output
+            average-pooled over each image's **visible** cells, ``(B, C)`` per view. That is the
+            CNN counterpart of our C-JEPA reading (``vicreg_mode="views"``: the patch mean of
+            the context encoder's tokens): it regularises the online encoder that learns, whose
+            pooled output is what collapses, and it reuses the pass the JEPA loss already makes.
+            The invariance term compares two augmented views of each image: with
+            ``sim_weight != 0`` set ``data.init_args.num_views: 2``; both views then get their own
+            masks and JEPA loss (one batch of ``2B``, as C-JEPA). With ``sim_weight: 0`` only
+            variance and covariance run, on one view, at no extra encoder cost. Variance and
+            covariance see the global batch under DDP (``gather_distributed``).
+        vicreg_weight: β_vicreg, the weight of the VICReg sum (C-JEPA: 0.001).
+        sparse_backend: How the context encoder's masked forward runs: ``masked_dense``
+            (default) or ``minkowski`` (MinkowskiEngine sparse convolution, an optional extra).
+            Same parameters and checkpoints, same function; the target encoder is dense.
         **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
     """
 
@@ -50,11 +72,16 @@ class CNNJEPA(JEPAModule):
         masking: MaskGenerator | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        vicreg: VICRegTerms | None = None,
+        vicreg_weight: float = 0.001,
+        sparse_backend: SparseBackend = "masked_dense",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["masking", "optimizer"])
-        self.context_encoder = MaskedResNet(backbone, small_images=small_images)
+        self.save_hyperparameters(ignore=["masking", "optimizer", "vicreg"])
+        self.context_encoder = MaskedResNet(
+            backbone, small_images=small_images, backend=sparse_backend
+        )
         stride = self.context_encoder.stride
         if image_size % stride or image_size // stride < 2:
             raise ValueError(
@@ -73,6 +100,8 @@ class CNNJEPA(JEPAModule):
             kernel_size=predictor_kernel_size,
             hidden_channels=predictor_channels,
         )
+        self.vicreg = vicreg
+        self.vicreg_weight = vicreg_weight
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -84,15 +113,27 @@ class CNNJEPA(JEPAModule):
     def embed_dim(self) -> int:
         return self.context_encoder.num_features
 
+    @property
+    def uses_vicreg(self) -> bool:
+        """The VICReg regulariser is on (set, with a non-zero weight)."""
+        return self.vicreg is not None and self.vicreg_weight != 0 and not self.vicreg.is_zero
+
+    @property
+    def num_views(self) -> int:
+        """Augmented views per image the loss uses: 2 only for the VICReg invariance term."""
+        return 2 if self.uses_vicreg and self.vicreg.sim_weight != 0 else 1  # type: ignore[union-attr]
+
+    def split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
+        """One view ``(B, 3, H, W)``, or ``(B, 2, 3, H, W)`` when the invariance term is on."""
+        return self.stack_views(batch) if self.num_views > 1 else JEPAModule.split_batch(batch)
+
     def sample_masks(self, batch_size: int) -> GridMasks:
         """Masks for one batch, drawn from the module's seeded generator, on its device."""
         masks = self.masking(batch_size, self.grid, self.grid, generator=self.mask_generator)
         return masks.to(self.device)
 
-    def forward_masked(
-        self, images: Tensor, masks: GridMasks
-    ) -> tuple[Tensor, Tensor]:
-        """Prediction and target feature maps, each ``(B, C, h, w)``."""
+    def forward_masked(self, images: Tensor, masks: GridMasks) -> tuple[Tensor, Tensor, Tensor]:
+        """Prediction, target and context feature maps, each ``(B, C, h, w)``."""
         size = self.grid * self.context_encoder.stride
         if images.ndim != 4 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(
@@ -105,20 +146,36 @@ class CNNJEPA(JEPAModule):
             target = self.target_encoder(images)  # (B, C, h, w), full image, dense BN
         context = self.context_encoder(images, masks.context)  # (B, C, h, w), 0 where masked
         prediction = self.predictor(context, masks.context)  # (B, C, h, w)
-        return prediction, target
+        return prediction, target, context
 
     def shared_step(self, images: Tensor) -> dict[str, Tensor]:
+        views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
+        if len(views) < self.num_views and self.training:
+            raise ValueError(
+                "The VICReg invariance term (vicreg.init_args.sim_weight != 0) needs two "
+                "augmented views per image: set data.init_args.num_views: 2, or sim_weight: 0 "
+                "for variance and covariance only."
+            )
+        views = views[: self.num_views]
+        b = views[0].shape[0]
+        images = torch.cat(views) if len(views) > 1 else views[0]  # (V·B, 3, H, W)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         masks = self.sample_masks(images.shape[0])
-        prediction, target = self.forward_masked(images, masks)  # (B, C, h, w) each
+        prediction, target, context = self.forward_masked(images, masks)  # (V·B, C, h, w) each
         loss = normalized_smooth_l1(prediction, target.detach(), masks.target)
-        return {
-            "loss": loss,
+        out = {
             "target_ratio": masks.target.float().mean(),
             "context_ratio": masks.context.float().mean(),
-            "embedding": masked_average_pool(target).detach().float(),  # (B, C)
+            "embedding": masked_average_pool(target[:b]).detach().float(),  # (B, C)
         }
+        if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
+            pooled = masked_average_pool(context, masks.context)  # (V·B, C), visible cells
+            vic = self.vicreg(*pooled.chunk(len(views)))  # type: ignore[misc]
+            out.update(jepa_loss=loss, **vic.scalars())
+            loss = loss + self.vicreg_weight * vic.loss
+        out["loss"] = loss
+        return out
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
@@ -128,6 +185,6 @@ class CNNJEPA(JEPAModule):
     def mask_preview(self, images: Tensor) -> dict[str, Tensor]:
         """Masks and per-cell cosine similarity of prediction and target, for pictures."""
         masks = self.sample_masks(images.shape[0])
-        prediction, target = self.forward_masked(images, masks)
+        prediction, target, _ = self.forward_masked(images, masks)
         similarity = F.cosine_similarity(prediction.float(), target.float(), dim=1)  # (B, h, w)
         return {"context": masks.context, "target": masks.target, "similarity": similarity}

@@ -127,7 +127,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     (masked positions are 0, so the all-position moments rescale to visible-only moments), and
     the backward is the BatchNorm gradient restricted to visible positions. This needs about
     half the memory passes of the same maths written as autograd-traced elementwise ops.
-    Computation is in float32 even under autocast.
+    Computation is in float32 even under autocast (float64 for float64 inputs).
     """
 
     @staticmethod
@@ -135,7 +135,8 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         ctx: Any, x: Tensor, mask: Tensor, weight: Tensor, bias: Tensor, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         in_dtype = x.dtype
-        xf, mf = x.float(), mask.float()  # (B, C, H, W), (B, 1, H, W)
+        acc = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 for doubles
+        xf, mf = x.to(acc), mask.to(acc)  # (B, C, H, W), (B, 1, H, W)
         xm = xf * mf  # 0 at masked positions
         n_all = xm.numel() // xm.shape[1]
         count = mf.sum().clamp_min(1.0)  # visible positions over batch and space
@@ -144,7 +145,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         mean = mean_all * ratio
         var = ((var_all + mean_all.square()) * ratio - mean.square()).clamp_min(0.0)
         invstd = torch.rsqrt(var + eps)
-        w, b = weight.float(), bias.float()
+        w, b = weight.to(acc), bias.to(acc)
         scale = (w * invstd)[:, None, None]
         shift = (b - mean * w * invstd)[:, None, None]
         out = torch.addcmul(shift, xm, scale).mul_(mf)
@@ -158,7 +159,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         ctx: Any, grad_out: Tensor, *_: Tensor
     ) -> tuple[Tensor, None, Tensor, Tensor, None]:
         xf, mf, w, mean, invstd, count = ctx.saved_tensors
-        dym = grad_out.float() * mf  # (B, C, H, W), visible positions only
+        dym = grad_out.to(mf.dtype) * mf  # (B, C, H, W), visible positions only
         sum_dy = dym.sum(dim=(0, 2, 3))  # (C,)
         sum_dy_xmu = (dym * xf).sum(dim=(0, 2, 3)) - mean * sum_dy  # (C,)
         grad_weight = sum_dy_xmu * invstd

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torchvision
@@ -10,6 +11,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from jepa_lightning.modules.masked_bn import MaskedBatchNorm2d
+
+SparseBackend = Literal["masked_dense", "minkowski"]
 
 #: torchvision constructors the masked encoder accepts.
 RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
@@ -54,16 +57,32 @@ class MaskedResNet(nn.Module):
         small_images: Replace the 7×7/2 stem and max-pool by a 3×3/1 stem (total stride 8
             instead of 32), so 32 px images give a 4×4 grid and 64 px an 8×8 grid.
         zero_init_residual: Zero-initialise the last BN of each residual block.
+        backend: How the masked forward runs: ``masked_dense`` (default; dense tensors with
+            masks, no host sync) or ``minkowski`` (true sparse convolution on the visible
+            pixels with MinkowskiEngine, an optional extra; same parameters, same function,
+            see :mod:`jepa_lightning.modules.minkowski`). The dense forward is the same.
     """
 
     def __init__(
-        self, arch: str = "resnet50", small_images: bool = False, zero_init_residual: bool = False
+        self,
+        arch: str = "resnet50",
+        small_images: bool = False,
+        zero_init_residual: bool = False,
+        backend: SparseBackend = "masked_dense",
     ) -> None:
         super().__init__()
         if arch not in RESNETS:
             raise ValueError(
                 f"Unknown backbone {arch!r}. Choose one of: {', '.join(sorted(RESNETS))}."
             )
+        if backend not in ("masked_dense", "minkowski"):
+            raise ValueError(f"backend must be 'masked_dense' or 'minkowski', not {backend!r}.")
+        self.backend = backend
+        self._minkowski = None
+        if backend == "minkowski":
+            from jepa_lightning.modules.minkowski import MinkowskiResNetForward
+
+            self._minkowski = MinkowskiResNetForward()  # fails here, clearly, if not installed
         net = RESNETS[arch](weights=None, zero_init_residual=zero_init_residual)
         if small_images:
             net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, 1, 1, bias=False)
@@ -105,6 +124,8 @@ class MaskedResNet(nn.Module):
                 f"Image size {tuple(x.shape[-2:])} does not match the {h}x{w} mask grid at stride "
                 f"{self.stride} (expected {(h * self.stride, w * self.stride)})."
             )
+        if self._minkowski is not None:
+            return self._minkowski(self, x, mask)  # (B, C, h, w), 0 at masked cells
         grid = mask[:, None].to(x.dtype)  # (B, 1, h, w)
         cache: dict[int, Tensor] = {}
 
