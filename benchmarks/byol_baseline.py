@@ -51,7 +51,9 @@ class BYOL(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         (x0, x1), _ = batch
-        m = cosine_schedule(self.global_step, int(self.trainer.estimated_stepping_batches), 0.99, 1.0)
+        m = cosine_schedule(
+            self.global_step, int(self.trainer.estimated_stepping_batches), 0.99, 1.0
+        )
         ema_update(self.backbone, self.backbone_momentum, m)
         ema_update(self.projection_head, self.projection_head_momentum, m)
         loss = 0.5 * (

@@ -62,7 +62,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     overrides = [
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--trainer.precision", "32", "--trainer.logger", "false",
+        "--trainer.precision", "32", "--trainer.logger.init_args.save_dir", tmp,
         "--trainer.limit_train_batches", str(args.train_batches),
         "--trainer.limit_val_batches", str(args.val_batches),
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",

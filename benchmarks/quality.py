@@ -57,24 +57,43 @@ class _StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def pretrain(make_model, datamodule: pl.LightningDataModule, budget_s: float) -> tuple[nn.Module, dict]:  # type: ignore[no-untyped-def]
+def pretrain(
+    make_model, datamodule: pl.LightningDataModule, budget_s: float
+) -> tuple[nn.Module, dict]:  # type: ignore[no-untyped-def]
     """Calibrate the step time, then train for as many steps as fit in ``budget_s``."""
     timer = _StepTimer()
-    probe = pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, callbacks=[timer],
-                       limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    probe = pl.Trainer(
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[timer],
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     probe.fit(make_model(), datamodule)
     step_s = sorted(timer.times[2:])[len(timer.times[2:]) // 2]
     steps = max(10, int(0.93 * budget_s / step_s))
     model = make_model()
-    trainer = pl.Trainer(max_steps=steps, max_time={"seconds": budget_s}, logger=False,
-                         enable_checkpointing=False, limit_val_batches=0,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_time={"seconds": budget_s},
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule)
     wall = time.perf_counter() - t0
     per_epoch = len(datamodule.train_dataloader())
-    return model, {"steps": trainer.global_step, "epochs": trainer.global_step / per_epoch,
-                   "wall_s": wall, "step_s": step_s}
+    return model, {
+        "steps": trainer.global_step,
+        "epochs": trainer.global_step / per_epoch,
+        "wall_s": wall,
+        "step_s": step_s,
+    }
 
 
 @torch.no_grad()
@@ -109,22 +128,36 @@ def main() -> None:
     args = ap.parse_args()
     root = cifar_root(args.data)
     b = args.batch_size
-    common = dict(root=str(root), val_split="test", image_size=32, batch_size=b,
-                  num_workers=args.workers, eval_resize_ratio=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
+    common = dict(
+        root=str(root),
+        val_split="test",
+        image_size=32,
+        batch_size=b,
+        num_workers=args.workers,
+        eval_resize_ratio=1.0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    )
     jepa_dm = ImageFolderDataModule(**common)
     jepa_dm.setup()
     budget = args.budget_min * 60
 
     def make_jepa() -> CNNJEPA:
         # NOTE: lr 0.01 @ 512 (paper) scaled linearly to the batch; warm-up 10 % of training.
-        return CNNJEPA(backbone="resnet18", small_images=True, image_size=32,
-                       optimizer=lambda p: torch.optim.AdamW(p, lr=0.01 * b / 512, weight_decay=0.01),
-                       warmup_epochs=0.0, ema_start=0.99)
+        return CNNJEPA(
+            backbone="resnet18",
+            small_images=True,
+            image_size=32,
+            optimizer=lambda p: torch.optim.AdamW(p, lr=0.01 * b / 512, weight_decay=0.01),
+            warmup_epochs=0.0,
+            ema_start=0.99,
+        )
 
     g = torch.Generator().manual_seed(args.seed)
     bank_idx = torch.randperm(len(jepa_dm.train_eval), generator=g)[: args.bank_size].tolist()
-    bank_loader = DataLoader(Subset(jepa_dm.train_eval, bank_idx), batch_size=256,
-                             num_workers=args.workers)
+    bank_loader = DataLoader(
+        Subset(jepa_dm.train_eval, bank_idx), batch_size=256, num_workers=args.workers
+    )
     test_loader = DataLoader(jepa_dm.val, batch_size=256, num_workers=args.workers)
     rows = []
     for method in args.methods:
@@ -148,17 +181,23 @@ def main() -> None:
         lin = linear_probe(fb, lb, fq, lq)
         rows.append((method, info, knn, lin, time.perf_counter() - t0))
         print(f"{method}: {info} knn={knn:.4f} linear={lin:.4f}", flush=True)
-    print(f"\n# CIFAR-10 (JPEG q75), ResNet-18 small stem, 32 px, batch {b}, budget "
-          f"{args.budget_min:g} min each, {torch.get_num_threads()} threads; k-NN bank / probe "
-          f"train = {len(bank_idx)} train images, test = {len(jepa_dm.val)}")
+    print(
+        f"\n# CIFAR-10 (JPEG q75), ResNet-18 small stem, 32 px, batch {b}, budget "
+        f"{args.budget_min:g} min each, {torch.get_num_threads()} threads; k-NN bank / probe "
+        f"train = {len(bank_idx)} train images, test = {len(jepa_dm.val)}"
+    )
     print("| method | steps | epochs | wall (s) | k-NN top-1 | linear top-1 |")
     print("|---|---|---|---|---|---|")
     for method, info, knn, lin, _ in rows:
-        print(f"| {method} | {info['steps']} | {info['epochs']:.2f} | {info['wall_s']:.0f} | "
-              f"{100 * knn:.2f} | {100 * lin:.2f} |")
+        print(
+            f"| {method} | {info['steps']} | {info['epochs']:.2f} | {info['wall_s']:.0f} | "
+            f"{100 * knn:.2f} | {100 * lin:.2f} |"
+        )
     knn_by = {m: 100 * k for m, _, k, _, _ in rows}
-    print("knn_top1: " + " ".join(f"{m}={knn_by.get(m, math.nan):.2f}" for m in
-                                  ("cnn_jepa", "byol", "random")))
+    print(
+        "knn_top1: "
+        + " ".join(f"{m}={knn_by.get(m, math.nan):.2f}" for m in ("cnn_jepa", "byol", "random"))
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ step each per round, so drift in machine load hits all of them alike; the table 
     python benchmarks/throughput.py          # CPU: ResNet-18, 64 px, batch 64
     python benchmarks/throughput.py --device cuda --backbone resnet50 --image-size 224 \\
         --batch-size 128 --precision bf16 --channels-last
+    python benchmarks/throughput.py --vit vit_small --vit-patch 16   # + I-JEPA / C-JEPA rows
 
 The last line is machine-readable:
 ``ratios: byol=R simclr=R vicreg=R dense=R`` — CNN-JEPA step time divided by each baseline's, and
@@ -32,7 +33,7 @@ from lightly.models.modules.heads import (
 )
 from torch import Tensor, nn
 
-from jepa_lightning import CNNJEPA
+from jepa_lightning import CJEPA, CNNJEPA, IJEPA
 from jepa_lightning.callbacks.ema import ema_update
 from jepa_lightning.masking import RandomMasking
 
@@ -107,6 +108,13 @@ def main() -> None:
         help="auto: the paper's mixed masking if the grid is >= 4x4, else random 50%% (the cost "
         "of masked-dense convolution does not depend on the pattern)",
     )
+    ap.add_argument(
+        "--vit",
+        default=None,
+        help="also time I-JEPA and C-JEPA (views mode, two views) with this ViT (e.g. "
+        "vit_small) at --vit-patch; the ratios line stays CNN-JEPA's",
+    )
+    ap.add_argument("--vit-patch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=7, help="timed rounds")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -149,6 +157,12 @@ def main() -> None:
         for k, m in models.items()
     }
     jepa_opt = torch.optim.AdamW(jepa.parameter_groups())
+    vits: dict[str, tuple[CJEPA, torch.optim.Optimizer]] = {}
+    if args.vit:
+        for name, cls in (("ijepa", IJEPA), ("cjepa", CJEPA)):
+            vit = cls(arch=args.vit, patch_size=args.vit_patch, image_size=s).to(dev)
+            vits[name] = (vit, torch.optim.AdamW(vit.parameter_groups()))
+    two_views = torch.stack(views, dim=1)  # (B, 2, 3, H, W) for C-JEPA's views mode
     enc = jepa.context_encoder
     enc_opt = torch.optim.AdamW(enc.parameters())
     grid_masks = jepa.sample_masks(b)
@@ -159,7 +173,16 @@ def main() -> None:
 
     def step_fn(name: str) -> Callable[[], None]:
         def run() -> None:
-            if name == "cnn_jepa":
+            if name in vits:
+                vit, opt = vits[name]
+                opt.zero_grad(set_to_none=True)
+                with autocast:
+                    x = two_views if name == "cjepa" else views[0]
+                    loss = vit.shared_step(x)["loss"]
+                loss.backward()
+                opt.step()
+                ema_update(vit.context_encoder, vit.target_encoder, 0.996)
+            elif name == "cnn_jepa":
                 jepa_opt.zero_grad(set_to_none=True)
                 with autocast:
                     loss = jepa.shared_step(views[0])["loss"]
@@ -184,7 +207,7 @@ def main() -> None:
 
         return run
 
-    names = ["cnn_jepa", "byol", "simclr", "vicreg", "masked_enc", "dense_enc"]
+    names = ["cnn_jepa", "byol", "simclr", "vicreg", "masked_enc", "dense_enc", *vits]
     times: dict[str, list[float]] = {n: [] for n in names}
     peak: dict[str, float] = {}
     for r in range(args.warmup + args.steps):

@@ -81,6 +81,22 @@ class MaskedBatchNorm2d(nn.Module):
         out = centred * scale + self.bias.float()[:, None, None] * mf
         return out.to(x.dtype)
 
+    def batch_norm(self, x: Tensor) -> Tensor:
+        """Ordinary BatchNorm of ``x`` — ``(B, C, H, W)``, or ``(N, C)`` features of the visible
+        sites (the MinkowskiEngine backend) — with this layer's parameters and statistics."""
+        if self.training:
+            self.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalise ``x``.
 
@@ -94,18 +110,7 @@ class MaskedBatchNorm2d(nn.Module):
         if self.sync and self.training and _multi_process():
             return self._forward_synced(x, mask)
         if mask is None:
-            if self.training:
-                self.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does
-            return F.batch_norm(
-                x,
-                self.running_mean,
-                self.running_var,
-                self.weight,
-                self.bias,
-                training=self.training,
-                momentum=self.momentum,
-                eps=self.eps,
-            )
+            return self.batch_norm(x)
         mask = mask.to(x.dtype)
         if not self.training:
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (C,)

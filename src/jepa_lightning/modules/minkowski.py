@@ -29,7 +29,6 @@ from types import ModuleType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -121,18 +120,7 @@ class MinkowskiResNetForward:
 
     def _bn(self, bn: nn.Module, x: Any, relu: bool = False) -> Any:
         """BatchNorm over the visible sites, with the encoder's own parameters and buffers."""
-        if bn.training:
-            bn.num_batches_tracked.add_(1)
-        out = F.batch_norm(
-            x.F,
-            bn.running_mean,
-            bn.running_var,
-            bn.weight,
-            bn.bias,
-            training=bn.training,
-            momentum=bn.momentum,
-            eps=bn.eps,
-        )  # (N, C)
+        out = bn.batch_norm(x.F)  # (N, C): statistics over visible positions
         return self._features(x, torch.relu(out) if relu else out)
 
     def _block(self, block: nn.Module, x: Any) -> Any:
