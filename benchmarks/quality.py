@@ -20,6 +20,7 @@ import math
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from jepa_lightning import CNNJEPA, ImageFolderDataModule
 from jepa_lightning.callbacks.metrics import knn_accuracy
+from jepa_lightning.losses import VICRegTerms
 
 SHARED_TAR = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpg.tar.gz"
 CACHE = Path.home() / ".cache/jepa-lightning"
@@ -142,8 +144,9 @@ def main() -> None:
     jepa_dm.setup()
     budget = args.budget_min * 60
 
-    def make_jepa() -> CNNJEPA:
-        # NOTE: lr 0.01 @ 512 (paper) scaled linearly to the batch; warm-up 10 % of training.
+    def make_jepa(**kwargs: Any) -> CNNJEPA:
+        # NOTE: lr 0.01 @ 512 (paper) scaled linearly to the batch; no warm-up (a CPU budget is
+        # a fraction of an epoch).
         return CNNJEPA(
             backbone="resnet18",
             small_images=True,
@@ -151,6 +154,7 @@ def main() -> None:
             optimizer=lambda p: torch.optim.AdamW(p, lr=0.01 * b / 512, weight_decay=0.01),
             warmup_epochs=0.0,
             ema_start=0.99,
+            **kwargs,
         )
 
     g = torch.Generator().manual_seed(args.seed)
@@ -166,6 +170,10 @@ def main() -> None:
         if method == "cnn_jepa":
             model, info = pretrain(make_jepa, jepa_dm, budget)
             encoder: nn.Module = model.target_encoder
+        elif method == "cnn_jepa_varcov":  # + C-JEPA's variance/covariance (one view)
+            make = lambda: make_jepa(vicreg=VICRegTerms(sim_weight=0.0))  # noqa: E731
+            model, info = pretrain(make, jepa_dm, budget)
+            encoder = model.target_encoder
         elif method == "byol":
             dm = BYOLDataModule(**common)
             model, info = pretrain(lambda: BYOL(batch_size=b), dm, budget)

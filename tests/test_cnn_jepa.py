@@ -69,7 +69,7 @@ def test_loss_only_uses_target_cells() -> None:
     ctx = torch.ones(2, 4, 4, dtype=torch.bool)
     ctx[:, 2:, 2:] = False
     target = ~ctx
-    pred, tgt = model.forward_masked(images, GridMasks(ctx, target))
+    pred, tgt, _ = model.forward_masked(images, GridMasks(ctx, target))
     loss = normalized_smooth_l1(pred, tgt, target)
     per_cell = 1 - F.cosine_similarity(pred, tgt, dim=1)  # (B, h, w)
     torch.testing.assert_close(loss, per_cell[target].mean(), rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,14 @@ from jepa_lightning.modules.masked_resnet import (
     SparseBackend,
     masked_average_pool,
 )
+
+
+class MaskedForward(NamedTuple):
+    """A batch through CNN-JEPA's three networks, each a ``(B, C, h, w)`` feature map."""
+
+    prediction: Tensor  # predictor output at every cell
+    target: Tensor  # target encoder on the full image (no grad)
+    context: Tensor  # context encoder on the visible cells, 0 at masked cells
 
 
 class CNNJEPA(JEPAModule):
@@ -132,7 +140,7 @@ class CNNJEPA(JEPAModule):
         masks = self.masking(batch_size, self.grid, self.grid, generator=self.mask_generator)
         return masks.to(self.device)
 
-    def forward_masked(self, images: Tensor, masks: GridMasks) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_masked(self, images: Tensor, masks: GridMasks) -> MaskedForward:
         """Prediction, target and context feature maps, each ``(B, C, h, w)``."""
         size = self.grid * self.context_encoder.stride
         if images.ndim != 4 or tuple(images.shape[-2:]) != (size, size):
@@ -146,7 +154,7 @@ class CNNJEPA(JEPAModule):
             target = self.target_encoder(images)  # (B, C, h, w), full image, dense BN
         context = self.context_encoder(images, masks.context)  # (B, C, h, w), 0 where masked
         prediction = self.predictor(context, masks.context)  # (B, C, h, w)
-        return prediction, target, context
+        return MaskedForward(prediction, target, context)
 
     def shared_step(self, images: Tensor) -> dict[str, Tensor]:
         views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
@@ -185,6 +193,6 @@ class CNNJEPA(JEPAModule):
     def mask_preview(self, images: Tensor) -> dict[str, Tensor]:
         """Masks and per-cell cosine similarity of prediction and target, for pictures."""
         masks = self.sample_masks(images.shape[0])
-        prediction, target, _ = self.forward_masked(images, masks)
+        prediction, target, _ = self.forward_masked(images, masks)  # (B, C, h, w) each
         similarity = F.cosine_similarity(prediction.float(), target.float(), dim=1)  # (B, h, w)
         return {"context": masks.context, "target": masks.target, "similarity": similarity}
