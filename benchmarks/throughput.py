@@ -7,7 +7,7 @@ step each per round, so drift in machine load hits all of them alike; the table 
     python benchmarks/throughput.py          # CPU: ResNet-18, 64 px, batch 64
     python benchmarks/throughput.py --device cuda --backbone resnet50 --image-size 224 \\
         --batch-size 128 --precision bf16 --channels-last
-    python benchmarks/throughput.py --vit vit_small --vit-patch 16   # + I-JEPA / C-JEPA rows
+    python benchmarks/throughput.py --vit vit_small --vit-patch 8   # + I-JEPA / C-JEPA rows
 
 The last line is machine-readable:
 ``ratios: byol=R simclr=R vicreg=R dense=R`` — CNN-JEPA step time divided by each baseline's, and
