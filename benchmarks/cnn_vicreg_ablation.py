@@ -30,7 +30,7 @@ import time
 
 import lightning.pytorch as pl
 import torch
-from quality import CIFAR_MEAN, CIFAR_STD, cifar_root, features, pretrain
+from quality import cifar_datamodule_args, features, pretrain
 from torch.utils.data import DataLoader, Subset
 
 from jepa_lightning import CNNJEPA, ImageFolderDataModule
@@ -59,17 +59,8 @@ def main() -> None:
     ap.add_argument("--query-size", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    root, b = cifar_root(args.data), args.batch_size
-    common = dict(
-        root=str(root),
-        val_split="test",
-        image_size=32,
-        batch_size=b,
-        num_workers=args.workers,
-        eval_resize_ratio=1.0,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-    )
+    b = args.batch_size
+    common = cifar_datamodule_args(args.data, b, args.workers)
     eval_dm = ImageFolderDataModule(**common)
     eval_dm.setup()
     g = torch.Generator().manual_seed(args.seed)

@@ -48,6 +48,20 @@ def cifar_root(data: str | None) -> Path:
     return root
 
 
+def cifar_datamodule_args(data: str | None, batch_size: int, workers: int) -> dict[str, Any]:
+    """``ImageFolderDataModule`` arguments for CIFAR-10 at 32 px (train/test split, no resize)."""
+    return dict(
+        root=str(cifar_root(data)),
+        val_split="test",
+        image_size=32,
+        batch_size=batch_size,
+        num_workers=workers,
+        eval_resize_ratio=1.0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    )
+
+
 class _StepTimer(pl.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -128,18 +142,8 @@ def main() -> None:
     ap.add_argument("--bank-size", type=int, default=10000, help="k-NN bank / probe train images")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    root = cifar_root(args.data)
     b = args.batch_size
-    common = dict(
-        root=str(root),
-        val_split="test",
-        image_size=32,
-        batch_size=b,
-        num_workers=args.workers,
-        eval_resize_ratio=1.0,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-    )
+    common = cifar_datamodule_args(args.data, b, args.workers)
     jepa_dm = ImageFolderDataModule(**common)
     jepa_dm.setup()
     budget = args.budget_min * 60
