@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--bank-size", type=int, default=10000, help="k-NN bank / probe train images")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vicreg-weight", type=float, default=0.001,
+                    help="β_vicreg of cnn_jepa_varcov (C-JEPA: 0.001)")  # fmt: skip
     args = ap.parse_args()
     b = args.batch_size
     common = cifar_datamodule_args(args.data, b, args.workers)
@@ -175,8 +177,13 @@ def main() -> None:
             model, info = pretrain(make_jepa, jepa_dm, budget)
             encoder: nn.Module = model.target_encoder
         elif method == "cnn_jepa_varcov":  # + C-JEPA's variance/covariance (one view)
-            make = lambda: make_jepa(vicreg=VICRegTerms(sim_weight=0.0))  # noqa: E731
-            model, info = pretrain(make, jepa_dm, budget)
+            model, info = pretrain(
+                lambda: make_jepa(
+                    vicreg=VICRegTerms(sim_weight=0.0), vicreg_weight=args.vicreg_weight
+                ),
+                jepa_dm,
+                budget,
+            )
             encoder = model.target_encoder
         elif method == "byol":
             dm = BYOLDataModule(**common)
@@ -209,6 +216,9 @@ def main() -> None:
     print(
         "knn_top1: "
         + " ".join(f"{m}={knn_by.get(m, math.nan):.2f}" for m in ("cnn_jepa", "byol", "random"))
+        + "".join(
+            f" {m}={knn_by[m]:.2f}" for m in knn_by if m not in ("cnn_jepa", "byol", "random")
+        )
     )
 
 

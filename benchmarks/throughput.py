@@ -236,6 +236,18 @@ def main() -> None:
         pk = f"{peak[n]:.2f}" if n in peak else "-"
         ratio = f"{med['cnn_jepa'] / med[n]:.3f}"
         print(f"| {n:<12} | {med[n]:>8.4f} | {b / med[n]:>8.1f} | {pk:>8} | {ratio:>10} |")
+    mask_s = []  # one batch of masks, drawn on the device inside the CNN-JEPA step
+    for _ in range(20):
+        sync()
+        t0 = time.perf_counter()
+        jepa.sample_masks(b)
+        sync()
+        mask_s.append(time.perf_counter() - t0)
+    mask_med = statistics.median(mask_s)
+    print(
+        f"mask generation ({masking}, {jepa.grid}x{jepa.grid} grid, batch {b}): "
+        f"{1e3 * mask_med:.2f} ms = {100 * mask_med / med['cnn_jepa']:.1f} % of the CNN-JEPA step"
+    )
     r = {k: med["cnn_jepa"] / med[k] for k in ("byol", "simclr", "vicreg")}
     dense = med["masked_enc"] / med["dense_enc"]
     print(

@@ -10,10 +10,18 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    """Every test starts with the suite's thread count: a test (or a script it runs in-process)
+    that lowers it for its own determinism must not leave every later test single-threaded."""
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
-"""Acceptance: the evaluation protocol on a quickstart-like checkpoint vs a random init.
+"""Acceptance: the evaluation protocol on the quickstart checkpoint vs a random init.
 
-A short CNN-JEPA pretraining (the quickstart recipe: ResNet-18 with the small-image stem,
-digits at 32 px, batch 64, AdamW lr 0.002, EMA 0.99 -> 1) through the real CLI, then linear
-evaluation (with the k-NN of the same cached features) through ``configs/eval/linear_digits.yaml``
-— of the checkpoint and of the same architecture randomly initialised (with the same seed, so
-it is exactly the pretraining's starting point).
+The quickstart pretraining (``configs/quickstart.yaml`` as shipped: CNN-JEPA ResNet-18 with the
+small-image stem and the variance/covariance regulariser, digits at 32 px, batch 64, 12 epochs;
+only the monitors and the logger are left out) through the real CLI, then linear evaluation
+(with the k-NN of the same cached features) through ``configs/eval/linear_digits.yaml`` — of the
+checkpoint and of the same architecture randomly initialised (with the same seed, so it is
+exactly the pretraining's starting point).
 """
 
 from __future__ import annotations
@@ -19,31 +20,27 @@ from jepa_lightning import DigitsDataModule, FineTune, LinearEvaluation
 from jepa_lightning.cli import main
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs/eval/linear_digits.yaml"
-PRETRAIN_EPOCHS = 2
 SPEC = {"class_path": "jepa_lightning.CNNJEPA",
         "init_args": {"backbone": "resnet18", "small_images": True}}  # fmt: skip
 
 #: Measured with this protocol (linear_digits.yaml: 90 epochs of Adam on cached features; top-1
-#: on the 360 validation digits, linear / k-NN), quickstart recipe unless noted:
-#:   random init (exactly the pretraining's initial weights):  0.953 / 0.786
-#:   4-epoch schedule (the quickstart), after epochs 1-4:      0.928 / 0.817, 0.892 / 0.611,
-#:                                                             0.833 / 0.547, 0.867 / 0.522
-#:   2-epoch schedule (this test, 85 s), after epoch 2:        0.889 / 0.744
-#:   2 epochs, ema_start 0.996, after epochs 1, 2:             0.911 / 0.825, 0.875 / 0.778
-#:   2 epochs + variance hinge (notebook 02, weight 1):        0.911 / 0.822, 0.908 / 0.728
-#:   quickstart (4 epochs) + VICRegTerms(sim_weight=0), i.e. C-JEPA's variance/covariance on
-#:   the pooled context (benchmarks/RESULTS.md):                0.942 / 0.794 (plain: 0.867 / 0.522)
-#: An exploratory script (100-epoch probe; random init 0.975 / 0.800 at 32 px) found the same
-#: with lr 0.0005 and with crops 0.6-1 without flip; at 64 px (8x8 grid; random 0.975 / 0.736)
-#: k-NN rose above random (0.761, 0.750 after 1, 2 epochs) while linear did not (0.975, 0.967);
-#: along a 10-epoch schedule at 32 px k-NN kept falling (0.822, 0.694, 0.581, 0.567 at 2-8).
-#: A supervised epoch from the same initialisation reaches 0.981 / 0.925: the protocol does rank
-#: trained features above random ones (second test).
-KNOWN_GAP = (
-    "Known gap: short CNN-JEPA pretraining on the digits does not beat a random initialisation "
-    "(random ResNet-18 features: 95.3 % linear / 78.6 % k-NN; the pretrained EMA encoder stays "
-    "below on the linear probe at every length tried, 1-8 epochs, and beats k-NN only after the "
-    "first epoch). Measured numbers above; remove this marker when the recipe beats it."
+#: on the 360 validation digits, linear / k-NN; benchmarks/RESULTS.md):
+#:   random init (exactly the pretraining's initial weights):        0.953 / 0.786
+#:   the quickstart (12 epochs, variance/covariance weight 0.1):     0.964 / 0.822
+#:     after epochs 1, 4, 8, 10 of its schedule:                     0.917 / 0.808, 0.944 / 0.806,
+#:                                                                   0.964 / 0.825, 0.969 / 0.833
+#:   same, 8-epoch schedule, at its end:                             0.956 / 0.800
+#:   plain CNN-JEPA (no regulariser), 4 epochs:                      0.867 / 0.522 (rank collapse)
+#:   variance/covariance weight 0.001 / 0.01 / 0.1, 4 epochs:        0.942 / 0.794, 0.919 / 0.797,
+#:                                                                   0.933 / 0.817
+#: The linear probe needs the longer schedule: every 4-epoch variant tried (weights, crops
+#: 0.5-1 without flip, lr 0.0005) stayed at 0.91-0.94 while k-NN was above random init.
+#: The 12-epoch numbers are with 2 CPU threads; the same config run with 1 thread (another
+#: float summation order, so another trajectory) ended at 0.939 / 0.806: k-NN above random init
+#: in both, the linear probe's margin (~1 point) is within that run-to-run spread.
+LINEAR_GAP = (
+    "Known gap: the quickstart's linear probe beats random init (95.3 %) only within noise "
+    "(96.4 % with 2 threads, 93.9 % with 1); k-NN beats it in both. Measurements above."
 )
 
 
@@ -73,18 +70,20 @@ def random_init(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=KNOWN_GAP, strict=False)
-def test_short_pretraining_beats_random_init(
+def test_quickstart_beats_random_init(
     tmp_path: Path, random_init: dict[str, float], pretrain_fn
 ) -> None:
     t0 = time.perf_counter()
-    ckpt = pretrain_fn(tmp_path, max_epochs=PRETRAIN_EPOCHS, limit_val_batches=0)
+    ckpt = pretrain_fn(tmp_path, limit_val_batches=0)  # the quickstart's own schedule
     pretrain_s = time.perf_counter() - t0
     pretrained = linear_eval(tmp_path, ckpt)
-    print(f"pretraining {PRETRAIN_EPOCHS} epochs: {pretrain_s:.0f} s; "
-          f"pretrained {pretrained}; random init {random_init}")
-    assert pretrained["linear"] > random_init["linear"]
+    print(
+        f"quickstart pretraining: {pretrain_s:.0f} s; "
+        f"pretrained {pretrained}; random init {random_init}"
+    )
     assert pretrained["knn"] > random_init["knn"]
+    if not pretrained["linear"] > random_init["linear"]:
+        pytest.xfail(LINEAR_GAP)
 
 
 @pytest.mark.slow
