@@ -213,13 +213,9 @@ def main() -> None:
             f"{100 * knn:.2f} | {100 * lin:.2f} |"
         )
     knn_by = {m: 100 * k for m, _, k, _, _ in rows}
-    print(
-        "knn_top1: "
-        + " ".join(f"{m}={knn_by.get(m, math.nan):.2f}" for m in ("cnn_jepa", "byol", "random"))
-        + "".join(
-            f" {m}={knn_by[m]:.2f}" for m in knn_by if m not in ("cnn_jepa", "byol", "random")
-        )
-    )
+    core = ("cnn_jepa", "byol", "random")  # always printed (nan if not run), then any others
+    names = [*core, *(m for m in knn_by if m not in core)]
+    print("knn_top1: " + " ".join(f"{m}={knn_by.get(m, math.nan):.2f}" for m in names))
 
 
 if __name__ == "__main__":
