@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import yaml
 
-from jepa_lightning.cli import main
+from jepa_lightning.cli import JEPACLI, main
+from jepa_lightning.data import SSLDataModule
+from jepa_lightning.evaluation.pretrained import import_class
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -58,6 +61,30 @@ def test_print_config(path: Path, image_folder: Path, capsys: pytest.CaptureFixt
     assert printed["model"]["class_path"] == _cfg(path)["model"]["class_path"]
     # The image size is said once, in the data section, and linked into the model.
     assert "image_size" not in _cfg(path)["model"].get("init_args", {})
+
+
+def _settings(dm: SSLDataModule) -> dict:
+    return {k: v for k, v in vars(dm).items() if isinstance(v, (int, float, str, tuple, bool))}
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
+def test_cli_datamodule_equals_python(path: Path, image_folder: Path) -> None:
+    """The DataModule the CLI builds from a config has exactly the settings of the same class
+    built in Python from the config's ``init_args``: no default is lost on the way (a default
+    injected into ``**kwargs`` in ``__init__`` is, because the CLI passes every base argument)."""
+    overrides = _data_overrides(path, image_folder)
+    cli = JEPACLI(
+        pl.LightningModule, SSLDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        args=["--config", str(path), *overrides, "--trainer.logger", "false",
+              "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+              "--trainer.num_nodes", "1", "--trainer.strategy", "auto"], run=False,
+    )  # fmt: skip
+    data = _cfg(path)["data"]
+    kwargs = dict(data.get("init_args", {}))
+    pairs = zip(overrides[::2], overrides[1::2], strict=True)  # ("--data.init_args.x", "v")
+    kwargs.update({arg.split(".")[-1]: yaml.safe_load(value) for arg, value in pairs})
+    python = import_class(data["class_path"])(**kwargs)
+    assert _settings(cli.datamodule) == _settings(python)
 
 
 @pytest.mark.slow

@@ -181,6 +181,8 @@ class DigitsDataModule(SSLDataModule):
         image_size: Training crop side in pixels.
         batch_size: Batch size per process.
         num_workers: DataLoader worker processes (the data is in memory: 0 is fastest on CPU).
+        eval_resize_ratio: Evaluation resize side = ``image_size ×`` this, then centre crop;
+            1.0 (the whole digit: the 8×8 images have no border to spare).
         **kwargs: Further options of :class:`SSLDataModule`.
     """
 
@@ -193,11 +195,17 @@ class DigitsDataModule(SSLDataModule):
         image_size: int = 32,
         batch_size: int = 64,
         num_workers: int = 0,
+        eval_resize_ratio: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("eval_resize_ratio", 1.0)
+        # NOTE: an explicit parameter, not a default injected into **kwargs: LightningCLI
+        # passes every base-class argument explicitly, so an injected default never applied there.
         super().__init__(
-            image_size=image_size, batch_size=batch_size, num_workers=num_workers, **kwargs
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            eval_resize_ratio=eval_resize_ratio,
+            **kwargs,
         )
         self.val_fraction = val_fraction
         self.split_seed = split_seed
