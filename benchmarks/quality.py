@@ -9,6 +9,10 @@ standardised frozen features) on the test split.
 
     python benchmarks/quality.py --budget-min 30            # data from ../shared is extracted
     python benchmarks/quality.py --data ~/data/cifar10_jpg --budget-min 5 --bank-size 10000
+    python benchmarks/quality.py --epochs 100 --precision bf16-mixed --bank-size 50000  # GPU
+
+``--epochs N`` replaces the wall-clock budget by a fixed schedule of N epochs per method (LR
+warm-up of ``--warmup-epochs``), for comparison with published CIFAR-10 SSL tables.
 
 Last line, machine-readable: ``knn_top1: cnn_jepa=A byol=B random=C``.
 """
@@ -73,33 +77,45 @@ class _StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
+def _trainer(**kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def pretrain_epochs(
+    make_model, datamodule: pl.LightningDataModule, epochs: int, **trainer_kwargs: Any
+) -> tuple[nn.Module, dict]:  # type: ignore[no-untyped-def]
+    """Train for a fixed number of epochs (the GPU comparison of the quality issue)."""
+    model = make_model()
+    trainer = _trainer(max_epochs=epochs, **trainer_kwargs)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule)
+    wall = time.perf_counter() - t0
+    return model, {
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "wall_s": wall,
+        "step_s": wall / max(1, trainer.global_step),
+    }
+
+
 def pretrain(
     make_model, datamodule: pl.LightningDataModule, budget_s: float
 ) -> tuple[nn.Module, dict]:  # type: ignore[no-untyped-def]
     """Calibrate the step time, then train for as many steps as fit in ``budget_s``."""
     timer = _StepTimer()
-    probe = pl.Trainer(
-        max_steps=6,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[timer],
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    probe = _trainer(max_steps=6, callbacks=[timer])
     probe.fit(make_model(), datamodule)
     step_s = sorted(timer.times[2:])[len(timer.times[2:]) // 2]
     steps = max(10, int(0.93 * budget_s / step_s))
     model = make_model()
-    trainer = pl.Trainer(
-        max_steps=steps,
-        max_time={"seconds": budget_s},
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _trainer(max_steps=steps, max_time={"seconds": budget_s})
     t0 = time.perf_counter()
     trainer.fit(model, datamodule)
     wall = time.perf_counter() - t0
@@ -115,9 +131,10 @@ def pretrain(
 @torch.no_grad()
 def features(encoder: nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     encoder.eval()
+    device = next(encoder.parameters()).device
     xs, ys = [], []
     for x, y in loader:
-        xs.append(encoder(x).mean(dim=(2, 3)))  # (B, C) average-pooled feature map
+        xs.append(encoder(x.to(device)).mean(dim=(2, 3)).float().cpu())  # (B, C) pooled
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
 
@@ -143,6 +160,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vicreg-weight", type=float, default=0.001,
                     help="β_vicreg of cnn_jepa_varcov (C-JEPA: 0.001)")  # fmt: skip
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="N epochs per method instead of --budget-min")  # fmt: skip
+    ap.add_argument("--warmup-epochs", type=float, default=10.0, help="CNN-JEPA warm-up (--epochs)")
+    ap.add_argument("--precision", default="32-true", help="Lightning precision (--epochs)")
+    ap.add_argument("--limit-train-batches", type=float, default=1.0,
+                    help="batches per epoch (a smoke test of --epochs)")  # fmt: skip
     args = ap.parse_args()
     b = args.batch_size
     common = cifar_datamodule_args(args.data, b, args.workers)
@@ -158,8 +181,8 @@ def main() -> None:
             small_images=True,
             image_size=32,
             optimizer=lambda p: torch.optim.AdamW(p, lr=0.01 * b / 512, weight_decay=0.01),
-            warmup_epochs=0.0,
-            ema_start=0.99,
+            warmup_epochs=0.0 if args.epochs is None else args.warmup_epochs,
+            ema_start=0.99 if args.epochs is None else 0.996,
             **kwargs,
         )
 
@@ -169,25 +192,33 @@ def main() -> None:
         Subset(jepa_dm.train_eval, bank_idx), batch_size=256, num_workers=args.workers
     )
     test_loader = DataLoader(jepa_dm.val, batch_size=256, num_workers=args.workers)
+
+    def train(make_model, dm: pl.LightningDataModule) -> tuple[nn.Module, dict]:  # type: ignore[no-untyped-def]
+        if args.epochs is None:
+            return pretrain(make_model, dm, budget)
+        return pretrain_epochs(
+            make_model, dm, args.epochs,
+            precision=args.precision, limit_train_batches=args.limit_train_batches,
+        )  # fmt: skip
+
     rows = []
     for method in args.methods:
         pl.seed_everything(args.seed)
         info = {"steps": 0, "epochs": 0.0, "wall_s": 0.0}
         if method == "cnn_jepa":
-            model, info = pretrain(make_jepa, jepa_dm, budget)
+            model, info = train(make_jepa, jepa_dm)
             encoder: nn.Module = model.target_encoder
         elif method == "cnn_jepa_varcov":  # + C-JEPA's variance/covariance (one view)
-            model, info = pretrain(
+            model, info = train(
                 lambda: make_jepa(
                     vicreg=VICRegTerms(sim_weight=0.0), vicreg_weight=args.vicreg_weight
                 ),
                 jepa_dm,
-                budget,
             )
             encoder = model.target_encoder
         elif method == "byol":
             dm = BYOLDataModule(**common)
-            model, info = pretrain(lambda: BYOL(batch_size=b), dm, budget)
+            model, info = train(lambda: BYOL(batch_size=b), dm)
             encoder = model.backbone_momentum
         elif method == "random":
             encoder = make_jepa().target_encoder
@@ -200,9 +231,10 @@ def main() -> None:
         lin = linear_probe(fb, lb, fq, lq)
         rows.append((method, info, knn, lin, time.perf_counter() - t0))
         print(f"{method}: {info} knn={knn:.4f} linear={lin:.4f}", flush=True)
+    schedule = f"budget {args.budget_min:g} min" if args.epochs is None else f"{args.epochs} epochs"
     print(
-        f"\n# CIFAR-10 (JPEG q75), ResNet-18 small stem, 32 px, batch {b}, budget "
-        f"{args.budget_min:g} min each, {torch.get_num_threads()} threads; k-NN bank / probe "
+        f"\n# CIFAR-10 (JPEG q75), ResNet-18 small stem, 32 px, batch {b}, {schedule} "
+        f"each, {torch.get_num_threads()} threads; k-NN bank / probe "
         f"train = {len(bank_idx)} train images, test = {len(jepa_dm.val)}"
     )
     print("| method | steps | epochs | wall (s) | k-NN top-1 | linear top-1 |")
