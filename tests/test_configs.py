@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import yaml
 
-from jepa_lightning.cli import JEPACLI, main
+from jepa_lightning.cli import main
 from jepa_lightning.data import SSLDataModule
 from jepa_lightning.evaluation.pretrained import import_class
 
@@ -30,6 +29,11 @@ TINY: dict[str, list[str]] = {
         "--model.init_args.predictor_depth", "2",
     ],
 }
+
+
+# One CPU process, whatever the config asks for (GPU configs parse and build on CPU machines).
+CPU_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
+               "--trainer.num_nodes", "1", "--trainer.strategy", "auto"]  # fmt: skip
 
 
 def _cfg(path: Path) -> dict:
@@ -73,12 +77,8 @@ def test_cli_datamodule_equals_python(path: Path, image_folder: Path) -> None:
     built in Python from the config's ``init_args``: no default is lost on the way (a default
     injected into ``**kwargs`` in ``__init__`` is, because the CLI passes every base argument)."""
     overrides = _data_overrides(path, image_folder)
-    cli = JEPACLI(
-        pl.LightningModule, SSLDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        args=["--config", str(path), *overrides, "--trainer.logger", "false",
-              "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-              "--trainer.num_nodes", "1", "--trainer.strategy", "auto"], run=False,
-    )  # fmt: skip
+    args = ["--config", str(path), *overrides, *CPU_TRAINER, "--trainer.logger", "false"]
+    cli = main(args, run=False)
     data = _cfg(path)["data"]
     kwargs = dict(data.get("init_args", {}))
     pairs = zip(overrides[::2], overrides[1::2], strict=True)  # ("--data.init_args.x", "v")
@@ -95,10 +95,7 @@ def test_tiny_twin_fits(path: Path, image_folder: Path, tmp_path: Path) -> None:
         "--config", str(path),
         *_data_overrides(path, image_folder),
         *TINY.get(path.name, []),
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1",
-        "--trainer.num_nodes", "1",
-        "--trainer.strategy", "auto",
+        *CPU_TRAINER,
         "--trainer.fast_dev_run", "1",
         "--trainer.default_root_dir", str(tmp_path),
     ]

@@ -19,14 +19,16 @@ class JEPACLI(LightningCLI):
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
 
 
-def main(args: list[str] | None = None) -> JEPACLI:
-    """Entry point of ``jepa-lightning``; pass ``args`` to call it from Python or tests."""
+def main(args: list[str] | None = None, run: bool = True) -> JEPACLI:
+    """Entry point of ``jepa-lightning``; pass ``args`` to call it from Python or tests.
+    ``run=False`` only builds the trainer, model and DataModule (``args`` without a subcommand)."""
     return JEPACLI(
         pl.LightningModule,
         SSLDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=args,
+        run=run,
         save_config_kwargs={"overwrite": True},
     )
 
