@@ -24,9 +24,12 @@ TINY: dict[str, list[str]] = {
     "imagenet100_cnn_jepa_resnet50.yaml": ["--data.init_args.image_size", "128"],
     # ViT-B/16 at 128 px = 8x8 patches; two blocks each instead of 12 (CPU).
     "imagenet1k_cjepa_vit_base16.yaml": [
-        "--data.init_args.image_size", "128",
-        "--model.init_args.depth", "2",
-        "--model.init_args.predictor_depth", "2",
+        "--data.init_args.image_size",
+        "128",
+        "--model.init_args.depth",
+        "2",
+        "--model.init_args.predictor_depth",
+        "2",
     ],
 }
 
@@ -92,12 +95,15 @@ def test_cli_datamodule_equals_python(path: Path, image_folder: Path) -> None:
 def test_tiny_twin_fits(path: Path, image_folder: Path, tmp_path: Path) -> None:
     args = [
         "fit",
-        "--config", str(path),
+        "--config",
+        str(path),
         *_data_overrides(path, image_folder),
         *TINY.get(path.name, []),
         *CPU_TRAINER,
-        "--trainer.fast_dev_run", "1",
-        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path),
     ]
     if "logger" in _cfg(path).get("trainer", {}):
         args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]

@@ -97,23 +97,26 @@ def test_linear_evaluation_checkpoint_reloads(tmp_path: Path) -> None:
     trainer.save_checkpoint(tmp_path / "linear.ckpt")
     reloaded = LinearEvaluation.load_from_checkpoint(tmp_path / "linear.ckpt")
     images = torch.stack([data.val[i][0] for i in range(3)])  # type: ignore[index]
-    torch.testing.assert_close(reloaded.eval().predict_images(images),
-                               model.eval().predict_images(images))
+    torch.testing.assert_close(
+        reloaded.eval().predict_images(images), model.eval().predict_images(images)
+    )
 
 
 @pytest.mark.parametrize("backbone_lr", [1e-3, 0.0])
 def test_finetune_trains_the_encoder_only(tmp_path: Path, backbone_lr: float) -> None:
     pl.seed_everything(0)
     data = SmallDigits(image_size=32, batch_size=16)
-    model = FineTune(method=SPEC, image_size=32, lr=1e-2, backbone_lr=backbone_lr,
-                     warmup_epochs=0)
+    model = FineTune(method=SPEC, image_size=32, lr=1e-2, backbone_lr=backbone_lr, warmup_epochs=0)
     before = {k: v.clone() for k, v in model.pretrained.state_dict().items()}
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, data)
     after = model.pretrained.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    encoder_weights = {k for k in changed if k.startswith("target_encoder.") and "running" not in k
-                       and "num_batches" not in k}
+    encoder_weights = {
+        k
+        for k in changed
+        if k.startswith("target_encoder.") and "running" not in k and "num_batches" not in k
+    }
     assert bool(encoder_weights) == (backbone_lr > 0)
     if backbone_lr == 0:  # a frozen encoder stays in eval mode: its BN statistics are kept
         assert not changed

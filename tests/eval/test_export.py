@@ -90,8 +90,9 @@ def test_every_resnet_exports_to_torchvision(arch: str, small_images: bool) -> N
         with pytest.raises(RuntimeError, match=r"conv1\.weight"):
             stock.load_state_dict(export_torchvision_state_dict(encoder), strict=False)
     else:
-        missing, unexpected = stock.load_state_dict(export_torchvision_state_dict(encoder),
-                                                    strict=False)
+        missing, unexpected = stock.load_state_dict(
+            export_torchvision_state_dict(encoder), strict=False
+        )
         assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     head = torchvision_resnet(arch, small_images=small_images, num_classes=7).fc
     assert isinstance(head, nn.Linear) and head.out_features == 7

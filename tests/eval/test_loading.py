@@ -14,8 +14,10 @@ from jepa_lightning.evaluation import build_method, use_encoder
 from jepa_lightning.evaluation.pretrained import checkpoint_class_path
 from jepa_lightning.modules.masked_resnet import masked_average_pool
 
-SPEC = {"class_path": "jepa_lightning.CNNJEPA", "init_args": {"backbone": "resnet18",
-                                                                "small_images": True}}
+SPEC = {
+    "class_path": "jepa_lightning.CNNJEPA",
+    "init_args": {"backbone": "resnet18", "small_images": True},
+}
 
 
 @pytest.fixture(scope="module")
