@@ -5,8 +5,9 @@ pretraining can clear at all? This runs a standard non-JEPA method with the same
 same data and budget as the quickstart: BYOL from lightly's parts (``byol_baseline.BYOL``,
 lightly's CIFAR-10 recipe, batch 64) on two views (crops 0.4-1, no flip) of the digits. It
 evaluates the EMA backbone after chosen epochs, the random init it starts from and the raw
-pixels, all on the same cached whole-digit features: k-NN (k = 200, τ = 0.1, cosine, lightly's
-``knn_predict``) and a standardised logistic-regression probe (``quality.linear_probe``).
+pixels, all on the same cached whole-digit features: k-NN (k = 200, τ = 0.1, cosine;
+the library's ``knn_accuracy``, as in the evaluations) and a standardised logistic-regression
+probe (``quality.linear_probe``).
 
     python benchmarks/digits_byol.py --epochs 12 --eval-epochs 2 4 8 12
 """
@@ -17,37 +18,36 @@ import argparse
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from byol_baseline import BYOL
-from lightly.utils.benchmarking import knn_predict
 from quality import features, linear_probe
 from torch import Tensor, nn
 
 from jepa_lightning import DigitsDataModule
+from jepa_lightning.callbacks.metrics import knn_accuracy
 
 
 def scores(tr: Tensor, ytr: Tensor, va: Tensor, yva: Tensor) -> tuple[float, float]:
     """k-NN top-1 and logistic-regression top-1 (%) of pooled features."""
-    pred = knn_predict(F.normalize(va, dim=1), F.normalize(tr, dim=1).T, ytr, 10, 200, 0.1)
-    knn = float((pred[:, 0] == yva).float().mean())
+    knn = knn_accuracy(va, yva, tr, ytr, num_classes=10, k=200, temperature=0.1, topk=(1,))[1]
     return 100 * knn, 100 * linear_probe(tr, ytr, va, yva)
 
 
-def evaluate(backbone: nn.Module) -> tuple[float, float]:
-    data = DigitsDataModule()
-    data.setup("fit")
+def evaluate(backbone: nn.Module, data: DigitsDataModule) -> tuple[float, float]:
     return scores(*features(backbone, data.train_eval_dataloader()),
                   *features(backbone, data.val_dataloader()))  # fmt: skip
 
 
 class EvaluateEpochs(pl.Callback):
-    def __init__(self, epochs: list[int], rows: list[tuple[str, float, float]]) -> None:
-        self.epochs, self.rows = epochs, rows
+    def __init__(
+        self, epochs: list[int], data: DigitsDataModule, rows: list[tuple[str, float, float]]
+    ) -> None:
+        self.epochs, self.data, self.rows = epochs, data, rows
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch in self.epochs:
-            self.rows.append((f"BYOL, epoch {epoch}", *evaluate(pl_module.backbone_momentum)))
+            result = evaluate(pl_module.backbone_momentum, self.data)
+            self.rows.append((f"BYOL, epoch {epoch}", *result))
             pl_module.train()
 
 
@@ -68,13 +68,13 @@ def main() -> None:
                                             *pixels(data.val_dataloader())))]  # fmt: skip
     pl.seed_everything(args.seed)
     model = BYOL(batch_size=64)
-    rows.append((f"random init (seed {args.seed})", *evaluate(model.backbone)))
+    rows.append((f"random init (seed {args.seed})", *evaluate(model.backbone, data)))
     model.train()
     train_data = DigitsDataModule(num_views=2, crop_scale=(0.4, 1.0), hflip=False, batch_size=64)
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[EvaluateEpochs(args.eval_epochs or [args.epochs], rows)],
+        callbacks=[EvaluateEpochs(args.eval_epochs or [args.epochs], data, rows)],
     )  # fmt: skip
     trainer.fit(model, train_data)
     print(f"\ndigits, 360 validation images; BYOL {args.epochs} epochs, seed {args.seed}")

@@ -88,15 +88,20 @@ def _trainer(**kwargs: Any) -> pl.Trainer:
     )
 
 
+def _timed_fit(trainer: pl.Trainer, model: nn.Module, datamodule: pl.LightningDataModule) -> float:
+    """``trainer.fit`` and its wall-clock seconds."""
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule)  # type: ignore[arg-type]
+    return time.perf_counter() - t0
+
+
 def pretrain_epochs(
     make_model, datamodule: pl.LightningDataModule, epochs: int, **trainer_kwargs: Any
 ) -> tuple[nn.Module, dict]:  # type: ignore[no-untyped-def]
     """Train for a fixed number of epochs (the GPU comparison of the quality issue)."""
     model = make_model()
     trainer = _trainer(max_epochs=epochs, **trainer_kwargs)
-    t0 = time.perf_counter()
-    trainer.fit(model, datamodule)
-    wall = time.perf_counter() - t0
+    wall = _timed_fit(trainer, model, datamodule)
     return model, {
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
@@ -116,9 +121,7 @@ def pretrain(
     steps = max(10, int(0.93 * budget_s / step_s))
     model = make_model()
     trainer = _trainer(max_steps=steps, max_time={"seconds": budget_s})
-    t0 = time.perf_counter()
-    trainer.fit(model, datamodule)
-    wall = time.perf_counter() - t0
+    wall = _timed_fit(trainer, model, datamodule)
     per_epoch = len(datamodule.train_dataloader())
     return model, {
         "steps": trainer.global_step,

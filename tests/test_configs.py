@@ -23,15 +23,10 @@ PRETRAIN_CONFIGS = [p for p in ALL_CONFIGS if p.parent.name != "eval"]
 TINY: dict[str, list[str]] = {
     "imagenet100_cnn_jepa_resnet50.yaml": ["--data.init_args.image_size", "128"],
     # ViT-B/16 at 128 px = 8x8 patches; two blocks each instead of 12 (CPU).
-    "imagenet1k_cjepa_vit_base16.yaml": [
-        "--data.init_args.image_size",
-        "128",
-        "--model.init_args.depth",
-        "2",
-        "--model.init_args.predictor_depth",
-        "2",
-    ],
-}
+    "imagenet1k_cjepa_vit_base16.yaml": ["--data.init_args.image_size", "128",
+                                         "--model.init_args.depth", "2",
+                                         "--model.init_args.predictor_depth", "2"],
+}  # fmt: skip
 
 
 # One CPU process, whatever the config asks for (GPU configs parse and build on CPU machines).
@@ -95,16 +90,13 @@ def test_cli_datamodule_equals_python(path: Path, image_folder: Path) -> None:
 def test_tiny_twin_fits(path: Path, image_folder: Path, tmp_path: Path) -> None:
     args = [
         "fit",
-        "--config",
-        str(path),
+        "--config", str(path),
         *_data_overrides(path, image_folder),
         *TINY.get(path.name, []),
         *CPU_TRAINER,
-        "--trainer.fast_dev_run",
-        "1",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-    ]
+        "--trainer.fast_dev_run", "1",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
     if "logger" in _cfg(path).get("trainer", {}):
         args += ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     cli = main(args)

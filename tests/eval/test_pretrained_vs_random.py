@@ -32,7 +32,7 @@ SPEC = {"class_path": "jepa_lightning.CNNJEPA",
 #:   30 epochs of the same recipe, seeds 1, 2:      95.6 / 76.7, 96.4 / 75.8
 #:   plain CNN-JEPA (no regulariser; crops 0.5-1), 4 epochs: 81.9 / 46.1 (rank collapse)
 #:   β 0.01 / 0.03, 20 epochs, no flip; two views + invariance (seed 0): 93.9-96.4 / 67.8-78.9
-#:   BYOL (lightly's parts, benchmarks/digits_byol.py), 12 epochs: 91.1 / 63.6 (its random init
+#:   BYOL (lightly's parts, benchmarks/digits_byol.py), 12 epochs: 91.1 / 63.6-68.6 (its random init
 #:   79.4 k-NN); raw pixels: 94.4 % k-NN, above every encoder
 #: So the shipped recipe does not beat a random encoder on the digits: level on the linear
 #: probe, 3-11 points below on k-NN, for every seed and schedule length tried — and neither
