@@ -2,7 +2,7 @@
 
 Is "beats a random encoder on the embedded digits in minutes" a bar that self-supervised
 pretraining can clear at all? This runs a standard non-JEPA method with the same backbone on the
-same data and budget as the quickstart: BYOL from lightly's parts (``byol_baseline.BYOL``,
+same data and budget as the quickstart: BYOL from lightly's parts (``lightly_baselines.BYOL``,
 lightly's CIFAR-10 recipe, batch 64) on two views (crops 0.4-1, no flip) of the digits. It
 evaluates the EMA backbone after chosen epochs, the random init it starts from and the raw
 pixels, all on the same cached whole-digit features: k-NN (k = 200, τ = 0.1, cosine;
@@ -18,7 +18,7 @@ import argparse
 
 import lightning.pytorch as pl
 import torch
-from byol_baseline import BYOL
+from lightly_baselines import BYOL
 from quality import features, linear_probe
 from torch import Tensor, nn
 

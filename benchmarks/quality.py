@@ -28,7 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from byol_baseline import BYOL, BYOLDataModule
+from lightly_baselines import BYOL, TwoViewDataModule
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -220,7 +220,7 @@ def main() -> None:
             )
             encoder = model.target_encoder
         elif method == "byol":
-            dm = BYOLDataModule(**common)
+            dm = TwoViewDataModule(views="byol", **common)
             model, info = train(lambda: BYOL(batch_size=b), dm)
             encoder = model.backbone_momentum
         elif method == "random":

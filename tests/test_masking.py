@@ -111,3 +111,30 @@ def test_mixed_uses_both_modes_at_configured_rate() -> None:
         # Random mode masks exactly 29 cells in every image; multi-block almost never does.
         n_random += int((m.target.flatten(1).sum(1) == 29).all())
     assert 0.17 < n_random / trials < 0.33
+
+
+def test_block_shapes_uniform_aspect_and_reference_shared_shape() -> None:
+    g = torch.Generator().manual_seed(0)
+    fixed_scale = MultiBlockMasking(block_scale=(0.2, 0.2), min_context=1)
+    ratios = torch.tensor(
+        [h / w for _ in range(500) for h, w in fixed_scale.sample_shapes(1000, 1000, g)]
+    )
+    # Uniform on [0.75, 1.5] has mean 1.125; the log-uniform draw would give 1.082.
+    assert abs(ratios.mean().item() - 1.125) < 0.01
+    assert ratios.min() >= 0.745 and ratios.max() <= 1.505  # rounding to whole cells
+    per_block = MultiBlockMasking(min_context=1)
+    shared = MultiBlockMasking(min_context=1, shared_shape=True)
+    differ = 0
+    for _ in range(50):
+        assert len(set(shared.sample_shapes(40, 40, g))) == 1  # one shape per batch
+        differ += len(set(per_block.sample_shapes(40, 40, g))) > 1
+    assert differ > 40
+    # The reference's single draw: larger blocks are also taller (scale and aspect move together).
+    areas, aspects = zip(
+        *[(h * w, h / w) for _ in range(300) for h, w in shared.sample_shapes(200, 200, g)[:1]],
+        strict=True,
+    )
+    corr = torch.corrcoef(torch.tensor([areas, aspects], dtype=torch.float))[0, 1]
+    assert corr > 0.9
+    masks = shared(8, 4, 4, g)
+    assert masks.target.shape == (8, 4, 4) and not (masks.target & masks.context).any()

@@ -42,6 +42,11 @@ class ToyJEPA(JEPAModule):
     def embed(self, images: Tensor) -> Tensor:
         return self.target_encoder(images)
 
+    @torch.no_grad()
+    def target_map(self, images: Tensor) -> Tensor:
+        """The target output as a ``(B, D/4, 2, 2)`` grid, for the target-share monitor."""
+        return self.target_encoder(images).view(images.shape[0], -1, 2, 2)
+
 
 def clusters(n: int, num_classes: int, dim: int, spread: float, seed: int) -> TensorDataset:
     """Gaussian clusters around fixed random centres (centres depend only on ``dim``)."""

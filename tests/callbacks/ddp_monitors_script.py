@@ -28,7 +28,7 @@ def run(out: Path, devices: int) -> None:
     model = ToyJEPA(optimizer=sgd(0.0))
     data = ToyData(n_train=N_TRAIN, n_val=N_VAL, spread=0.6, batch_size=8)
     knn = KNNMonitor(k=20)
-    collapse = CollapseMonitor()
+    collapse = CollapseMonitor(decomposition_batches=100)  # the whole split
     probe = OnlineLinearProbe(lr=0.05)
     trainer = quiet_trainer(
         devices=devices,

@@ -15,7 +15,12 @@ from ddp_monitors_script import N_TRAIN, N_VAL, run
 
 from jepa_lightning import CollapseMonitor, KNNMonitor
 from jepa_lightning.callbacks.knn import epoch_due
-from jepa_lightning.callbacks.metrics import feature_std, knn_accuracy, rankme
+from jepa_lightning.callbacks.metrics import (
+    feature_std,
+    knn_accuracy,
+    rankme,
+    target_decomposition,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,7 +40,7 @@ def test_monitors_equal_direct_computation(max_bank_size: int | None) -> None:
     model = ToyJEPA(optimizer=sgd(0.0))
     data = ToyData(n_train=203, n_val=101, spread=0.6, batch_size=16)
     knn = KNNMonitor(k=20, max_bank_size=max_bank_size, bank_chunk=37, query_chunk=10)
-    collapse = CollapseMonitor()
+    collapse = CollapseMonitor(decomposition_batches=3)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, callbacks=[knn, collapse])
     trainer.fit(model, datamodule=data)
 
@@ -49,6 +54,13 @@ def test_monitors_equal_direct_computation(max_bank_size: int | None) -> None:
     assert collapse.last_result["rankme"] == pytest.approx(rankme(q), rel=1e-5)
     assert collapse.last_result["feature_std"] == pytest.approx(feature_std(q), rel=1e-5)
     assert float(trainer.callback_metrics["collapse/rankme"]) == pytest.approx(rankme(q), 1e-5)
+    # target shares over the first 3 validation batches (16 images each)
+    shares = target_decomposition(model.target_map(data.val.tensors[0][:48]))
+    for key, value in shares.items():
+        assert collapse.last_result[f"target_share_{key}"] == pytest.approx(value, abs=1e-5)
+        logged = float(trainer.callback_metrics[f"collapse/target_share_{key}"])
+        assert logged == pytest.approx(value, abs=1e-5)
+    assert 0.05 < shares["image"] < 0.95  # a non-trivial split
 
 
 def test_monitors_do_not_change_training() -> None:
@@ -103,6 +115,11 @@ def test_ddp_two_processes_equal_single_process(tmp_path: Path) -> None:
         assert res["knn"]["top5"] == ref["knn"]["top5"]
         assert res["logged_knn_top1"] == pytest.approx(ref["knn"]["top1"])
         assert res["collapse"]["rankme"] == pytest.approx(ref["collapse"]["rankme"], rel=1e-5)
+        # target shares: summed over both ranks' batches (one padded duplicate of 101 images)
+        for key in ("batch_mean", "position", "image"):
+            name = f"target_share_{key}"
+            assert res["collapse"][name] == ranks[0]["collapse"][name]
+            assert res["collapse"][name] == pytest.approx(ref["collapse"][name], abs=0.01)
     # the online probe's replicas stay identical (seeded init, averaged gradients)
     assert ranks[0]["probe_weight"] == ranks[1]["probe_weight"]
     assert ranks[0]["probe_running_mean"] == ranks[1]["probe_running_mean"]

@@ -8,6 +8,8 @@ from jepa_lightning.callbacks.metrics import (
     feature_std,
     knn_accuracy,
     rankme,
+    target_decomposition,
+    target_shares,
     weighted_knn_predict,
 )
 from jepa_lightning.callbacks.online_probe import OnlineLinearProbe
@@ -22,5 +24,7 @@ __all__ = [
     "feature_std",
     "knn_accuracy",
     "rankme",
+    "target_decomposition",
+    "target_shares",
     "weighted_knn_predict",
 ]

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
-from jepa_lightning.callbacks._features import ValFeatures
+from jepa_lightning.callbacks._features import ValFeatures, eval_mode, split_batch
 from jepa_lightning.callbacks.knn import epoch_due
-from jepa_lightning.callbacks.metrics import feature_std, rankme
+from jepa_lightning.callbacks.metrics import feature_std, rankme, target_shares
 
 
 class CollapseMonitor(Callback):
@@ -23,25 +26,43 @@ class CollapseMonitor(Callback):
     * ``collapse/feature_std`` — mean per-dimension std of the L2-normalised embeddings: 0 when
       all embeddings coincide, about ``1/√D`` when spread uniformly on the sphere.
 
+    * ``collapse/target_share_{batch_mean,position,image}`` — how much of the per-cell
+      L2-normalised target map (``pl_module.target_map``, eval mode) is the same for every
+      image, predictable from the cell's position alone, or dependent on the image
+      (:func:`~jepa_lightning.callbacks.metrics.target_shares`; they sum to 1). A predictor
+      can lower the JEPA loss on the first two without looking at the image: watch
+      ``target_share_image`` fall for the shortcut that precedes collapse.
+
     The embedding of each validation batch is shared with the other monitors (computed once).
 
     Args:
         every_n_epochs: Run on epochs ``0, n, 2n, ...`` and the last one (``max_epochs``).
         eps: The ``ε`` added to the normalised singular values (paper: 1e-7).
+        decomposition_batches: Validation batches (per process) whose target maps the shares
+            are computed on (one extra target-encoder forward each); 0 disables them. Modules
+            without a ``target_map`` method are skipped.
     """
 
-    def __init__(self, every_n_epochs: int = 1, eps: float = 1e-7) -> None:
+    def __init__(
+        self, every_n_epochs: int = 1, eps: float = 1e-7, decomposition_batches: int = 4
+    ) -> None:
         if every_n_epochs < 1:
             raise ValueError("every_n_epochs must be >= 1")
+        if decomposition_batches < 0:
+            raise ValueError("decomposition_batches must be >= 0")
         self.every_n_epochs = every_n_epochs
         self.eps = eps
+        self.decomposition_batches = decomposition_batches
         self._val = ValFeatures()
+        self._unit_sum: Tensor | None = None  # (C, h, w) sum of unit target vectors
+        self._count = 0
         self.last_result: dict[str, float] = {}
-        """``rankme``, ``feature_std`` and ``num_samples`` of the last run."""
+        """``rankme``, ``feature_std``, ``num_samples`` and the target shares of the last run."""
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and epoch_due(trainer, self.every_n_epochs):
             self._val.start(trainer)
+            self._unit_sum, self._count = None, 0
 
     def on_validation_batch_end(
         self,
@@ -53,6 +74,14 @@ class CollapseMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self._val.add(trainer, pl_module, batch, dataloader_idx)
+        take = batch_idx < self.decomposition_batches and dataloader_idx == 0
+        if self._val.active and take and self._has_maps(pl_module):
+            images, _ = split_batch(batch)
+            with eval_mode(pl_module), torch.no_grad(), trainer.precision_plugin.val_step_context():
+                maps = pl_module.target_map(images)  # (B, C, h, w)
+            unit = F.normalize(maps.float(), dim=1).sum(dim=0)  # (C, h, w)
+            self._unit_sum = unit if self._unit_sum is None else self._unit_sum + unit
+            self._count += maps.shape[0]
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._val.active:
@@ -68,3 +97,27 @@ class CollapseMonitor(Callback):
         }
         for key in ("rankme", "feature_std"):
             pl_module.log(f"collapse/{key}", self.last_result[key], on_epoch=True, sync_dist=True)
+        shares = self._shares(pl_module)
+        for key, value in shares.items():
+            self.last_result[f"target_share_{key}"] = value
+            pl_module.log(f"collapse/target_share_{key}", value, on_epoch=True, sync_dist=True)
+
+    @staticmethod
+    def _has_maps(pl_module: pl.LightningModule) -> bool:
+        return callable(getattr(pl_module, "target_map", None))
+
+    def _shares(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Target shares over every process's decomposition batches (collective)."""
+        if self.decomposition_batches == 0 or not self._has_maps(pl_module):
+            return {}
+        world = pl_module.trainer.world_size
+        unit, count = self._unit_sum, float(self._count)
+        if world > 1:  # every rank saw batches (validation is sharded evenly): sum them
+            if unit is None:
+                raise RuntimeError("a process collected no target maps for the shares")
+            unit = pl_module.all_gather(unit).sum(dim=0)
+            count = float(pl_module.all_gather(torch.tensor(count, device=unit.device)).sum())
+        self._unit_sum, self._count = None, 0
+        if unit is None or count == 0:
+            return {}
+        return target_shares(unit / count)

@@ -155,3 +155,33 @@ def feature_std(embeddings: Tensor) -> float:
     0 for complete collapse; about ``1/√D`` for embeddings spread uniformly on the sphere.
     """
     return F.normalize(embeddings.float(), dim=1).std(dim=0).mean().item()
+
+
+@torch.no_grad()
+def target_shares(position_mean: Tensor) -> dict[str, float]:
+    """Split the squared norm of per-cell L2-normalised target vectors into three parts.
+
+    With ``t̂`` the unit target vector of image ``b`` at cell ``p``, ``μ_p`` its mean over images
+    and ``μ`` the mean of ``μ_p`` over cells, the mean of ``‖t̂‖² = 1`` splits orthogonally into
+    ``‖μ‖²`` (``batch_mean``: the same for every image and cell), ``mean_p ‖μ_p − μ‖²``
+    (``position``: predictable from the cell's position alone) and ``mean ‖t̂ − μ_p‖²``
+    (``image``: what depends on the image). A predictor can match the first two without looking
+    at the image; a large, growing ``batch_mean`` share is the shortcut that precedes collapse.
+
+    Args:
+        position_mean: ``(C, h, w)`` — ``μ_p``, the mean over images of the unit target vectors.
+
+    Returns:
+        ``batch_mean``, ``position`` and ``image`` shares, summing to 1.
+    """
+    mu_p = position_mean.float()  # (C, h, w)
+    mu = mu_p.mean(dim=(1, 2))  # (C,)
+    batch_mean = float((mu**2).sum())
+    position = float(((mu_p - mu[:, None, None]) ** 2).sum(dim=0).mean())
+    return {"batch_mean": batch_mean, "position": position, "image": 1.0 - batch_mean - position}
+
+
+@torch.no_grad()
+def target_decomposition(maps: Tensor) -> dict[str, float]:
+    """:func:`target_shares` of a batch of ``(B, C, h, w)`` target maps."""
+    return target_shares(F.normalize(maps.float(), dim=1).mean(dim=0))

@@ -1,7 +1,12 @@
 """Loss functions (pure functions and thin ``nn.Module`` wrappers)."""
 
 from jepa_lightning.losses.ijepa import IJEPALoss, ijepa_loss, layer_norm_targets
-from jepa_lightning.losses.jepa import NormalizedSmoothL1Loss, normalized_smooth_l1
+from jepa_lightning.losses.jepa import (
+    NormalizedSmoothL1Loss,
+    TargetNorm,
+    normalize_targets,
+    normalized_smooth_l1,
+)
 from jepa_lightning.losses.vicreg import (
     VICRegOutput,
     VICRegTerms,
@@ -14,6 +19,7 @@ from jepa_lightning.losses.vicreg import (
 __all__ = [
     "IJEPALoss",
     "NormalizedSmoothL1Loss",
+    "TargetNorm",
     "VICRegOutput",
     "VICRegTerms",
     "covariance_term",
@@ -21,6 +27,7 @@ __all__ = [
     "ijepa_loss",
     "invariance_term",
     "layer_norm_targets",
+    "normalize_targets",
     "normalized_smooth_l1",
     "variance_term",
 ]

@@ -2,8 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+TargetNorm = Literal["none", "layer", "batch", "batch_position"]
+
+#: Dimensions of a ``(B, C, h, w)`` target map each normalisation takes statistics over.
+_NORM_DIMS: dict[str, tuple[int, ...]] = {
+    "layer": (1,),  # channels of each cell (I-JEPA's LayerNorm without affine)
+    "batch": (0, 2, 3),  # every cell of every image, per channel
+    "batch_position": (0,),  # every image, per channel and cell
+}
+
+
+def normalize_targets(target: Tensor, kind: TargetNorm = "none", eps: float = 1e-6) -> Tensor:
+    """Standardise a ``(B, C, h, w)`` target map before the loss (float32).
+
+    * ``none`` — unchanged (the CNN-JEPA paper).
+    * ``layer`` — per cell over channels, as I-JEPA's LayerNorm without affine.
+    * ``batch`` — per channel over the batch and all cells: removes the batch-mean direction,
+      the part of every target that does not depend on the image.
+    * ``batch_position`` — per channel and cell over the batch: removes the batch mean *and*
+      what the cell's position alone predicts, leaving only what depends on the image.
+
+    The ``batch*`` statistics are those of the local batch (per process under DDP, like
+    BatchNorm without sync); they need a batch of at least 2 images.
+    """
+    if kind == "none":
+        return target.float()
+    if kind not in _NORM_DIMS:
+        raise ValueError(f"Unknown target_norm {kind!r}; use one of none, {', '.join(_NORM_DIMS)}.")
+    t = target.float()
+    var, mean = torch.var_mean(t, dim=_NORM_DIMS[kind], keepdim=True, correction=0)
+    return (t - mean) * torch.rsqrt(var + eps)
 
 
 def normalized_smooth_l1(prediction: Tensor, target: Tensor, cells: Tensor) -> Tensor:

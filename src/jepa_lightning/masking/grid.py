@@ -1,4 +1,4 @@
-"""Mask generators on a 2-D feature grid (CNN-JEPA, DESIGN §2).
+"""Mask generators on a 2-D feature grid (CNN-JEPA, arXiv 2408.07514, Sec. 3).
 
 Every generator maps ``(batch_size, height, width)`` to a pair of boolean tensors of shape
 ``(B, H, W)``:
@@ -59,11 +59,15 @@ def _uniform(low: float, high: float, generator: torch.Generator | None, n: int 
 class MultiBlockMasking(MaskGenerator):
     """I-JEPA-style multi-block masking as used by CNN-JEPA.
 
-    Per batch, one block shape is drawn per block index (scale and aspect ratio shared by every
-    image, as the reference does so that all images mask a similar area); block positions are
-    drawn independently per image and every cell, the last row and column included, can be
-    covered. Blocks may overlap. The target is the union of the blocks and the context its
-    complement.
+    Per batch, one block shape is drawn per block index (scale and aspect ratio, each uniform
+    in its range as I-JEPA draws them, shared by every image so that all images mask a similar
+    area); block positions are drawn independently per image and every cell, the last row and
+    column included, can be covered. Blocks may overlap. The target is the union of the blocks
+    and the context its complement.
+
+    With ``shared_shape=True`` all blocks of the batch get one shape, drawn as the CNN-JEPA
+    reference code does: a single uniform ``u`` sets both the scale and the aspect ratio
+    (``low + u · (high − low)`` each), so large blocks are also tall ones.
 
     NOTE: when the union leaves fewer than ``min_context`` visible cells for an image, the
     reference resamples in a Python loop. We instead keep, for that image only, the largest
@@ -75,6 +79,7 @@ class MultiBlockMasking(MaskGenerator):
         block_scale: Range of the fraction of grid cells one block covers.
         aspect_ratio: Range of block height / width.
         min_context: Minimum number of visible context cells per image.
+        shared_shape: One block shape for every block of the batch, as the reference code.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class MultiBlockMasking(MaskGenerator):
         block_scale: tuple[float, float] = (0.15, 0.2),
         aspect_ratio: tuple[float, float] = (0.75, 1.5),
         min_context: int = 5,
+        shared_shape: bool = False,
     ) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
@@ -94,6 +100,7 @@ class MultiBlockMasking(MaskGenerator):
         self.block_scale = tuple(block_scale)
         self.aspect_ratio = tuple(aspect_ratio)
         self.min_context = min_context
+        self.shared_shape = shared_shape
 
     def block_shape(self, scale: float, aspect: float, height: int, width: int) -> tuple[int, int]:
         """Block height and width (in cells) for a scale and aspect ratio, clipped to the grid."""
@@ -101,6 +108,23 @@ class MultiBlockMasking(MaskGenerator):
         h = max(1, min(height, round(math.sqrt(area * aspect))))
         w = max(1, min(width, round(math.sqrt(area / aspect))))
         return h, w
+
+    def sample_shapes(
+        self, height: int, width: int, generator: torch.Generator | None = None
+    ) -> list[tuple[int, int]]:
+        """The ``(h, w)`` of each of the batch's ``num_blocks`` blocks."""
+        n = self.num_blocks
+        if self.shared_shape:  # the reference: one draw sets scale and aspect of every block
+            u = torch.rand(1, generator=generator).expand(n)
+            (s0, s1), (a0, a1) = self.block_scale, self.aspect_ratio
+            scales, aspects = s0 + u * (s1 - s0), a0 + u * (a1 - a0)
+        else:  # I-JEPA: scale and aspect ratio uniform, independently per block index
+            scales = _uniform(*self.block_scale, generator, n)
+            aspects = _uniform(*self.aspect_ratio, generator, n)
+        return [
+            self.block_shape(float(s), float(a), height, width)
+            for s, a in zip(scales, aspects, strict=True)
+        ]
 
     def validate_grid(self, height: int, width: int) -> None:
         h, w = self.block_shape(self.block_scale[1], self.aspect_ratio[1], height, width)
@@ -119,14 +143,7 @@ class MultiBlockMasking(MaskGenerator):
     ) -> GridMasks:
         self.validate_grid(height, width)
         n = self.num_blocks
-        scales = _uniform(*self.block_scale, generator, n)
-        # Log-uniform aspect ratio, as I-JEPA.
-        lo, hi = math.log(self.aspect_ratio[0]), math.log(self.aspect_ratio[1])
-        log_ar = _uniform(lo, hi, generator, n)
-        shapes = [
-            self.block_shape(float(s), math.exp(float(a)), height, width)
-            for s, a in zip(scales, log_ar, strict=True)
-        ]
+        shapes = self.sample_shapes(height, width, generator)
         bh = torch.tensor([s[0] for s in shapes])  # (n,)
         bw = torch.tensor([s[1] for s in shapes])  # (n,)
         # Top-left corner uniform over all valid positions, upper bound inclusive.

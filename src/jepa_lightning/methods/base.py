@@ -27,7 +27,9 @@ class JEPAModule(pl.LightningModule):
     * :meth:`shared_step` — images ``(B, 3, H, W)`` -> dict with ``"loss"`` (and any other
       scalars to log, plus an optional detached ``"embedding"`` ``(B, D)`` for monitors);
     * :meth:`embed` — images -> pooled target-encoder features ``(B, D)`` for evaluation;
-    * :meth:`ema_pairs` — extend with ``super().ema_pairs() + [...]`` for extra EMA modules.
+    * :meth:`ema_pairs` — extend with ``super().ema_pairs() + [...]`` for extra EMA modules;
+    * optionally ``target_map(images) -> (B, C, h, w)``, the target encoder's feature grid,
+      for :class:`~jepa_lightning.CollapseMonitor`'s target shares.
 
     Args:
         optimizer: Optimiser factory, called with parameter groups (AdamW by default). Set its

@@ -188,6 +188,11 @@ class CJEPA(JEPAModule):
         return self.target_encoder(images).mean(dim=1).float()  # (B, D)
 
     @torch.no_grad()
+    def target_map(self, images: Tensor) -> Tensor:
+        tokens = self.target_encoder(images)  # (B, N, D), N = gh · gw patches
+        return tokens.transpose(1, 2).unflatten(2, self.grid)  # (B, D, gh, gw)
+
+    @torch.no_grad()
     def mask_preview(self, images: Tensor) -> dict[str, Tensor]:
         """Masks and per-patch cosine similarity of prediction and target (0 off-target)."""
         masks = self.sample_masks(images.shape[0])

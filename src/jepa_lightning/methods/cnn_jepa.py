@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jepa_lightning.losses.jepa import normalized_smooth_l1
+from jepa_lightning.losses.jepa import TargetNorm, normalize_targets, normalized_smooth_l1
 from jepa_lightning.losses.vicreg import VICRegTerms
 from jepa_lightning.masking.grid import GridMasks, MaskGenerator, MixedMasking
 from jepa_lightning.methods.base import JEPAModule
@@ -43,6 +43,9 @@ class CNNJEPA(JEPAModule):
         predictor_depth: Number of predictor layers (paper: 3).
         predictor_kernel_size: Depthwise kernel size of the predictor (paper: 3).
         predictor_channels: Hidden width of the predictor; ``None`` = encoder width (paper).
+        predictor_linear_output: End the predictor with a plain 1×1 conv (no BN, no ReLU), so it
+            can predict negative values; use it with a ``target_norm`` other than ``none``. The
+            paper's predictor ends with BN + ReLU.
         masking: Mask generator on the feature grid; ``None`` = the paper's mixed masking
             (multi-block with p = 0.75: 4 blocks of 15–20 %, aspect 0.75–1.5; else random 60 %).
         channels_last: Keep weights and images in channels-last memory format (faster convs
@@ -66,6 +69,14 @@ class CNNJEPA(JEPAModule):
         sparse_backend: How the context encoder's masked forward runs: ``masked_dense``
             (default) or ``minkowski`` (MinkowskiEngine sparse convolution, an optional extra).
             Same parameters and checkpoints, same function; the target encoder is dense.
+        target_norm: Standardisation of the target map before the per-cell L2 normalisation
+            (:func:`~jepa_lightning.losses.normalize_targets`): ``none`` (the paper), ``layer``
+            (per cell over channels, as I-JEPA), ``batch`` (per channel over the batch and
+            cells) or ``batch_position`` (per channel and cell over the batch). The ``batch*``
+            options remove the part of the target that does not depend on the image, which a
+            predictor can otherwise learn from the mask token and position alone.
+        zero_init_residual: Zero-initialise the last BatchNorm of every residual block (as the
+            reference code's timm ResNet); torchvision's default is ``False``.
         **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
     """
 
@@ -77,18 +88,24 @@ class CNNJEPA(JEPAModule):
         predictor_depth: int = 3,
         predictor_kernel_size: int = 3,
         predictor_channels: int | None = None,
+        predictor_linear_output: bool = False,
         masking: MaskGenerator | None = None,
         channels_last: bool = False,
         compile: bool = False,
         vicreg: VICRegTerms | None = None,
         vicreg_weight: float = 0.001,
         sparse_backend: SparseBackend = "masked_dense",
+        target_norm: TargetNorm = "none",
+        zero_init_residual: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["masking", "optimizer", "vicreg"])
         self.context_encoder = MaskedResNet(
-            backbone, small_images=small_images, backend=sparse_backend
+            backbone,
+            small_images=small_images,
+            zero_init_residual=zero_init_residual,
+            backend=sparse_backend,
         )
         stride = self.context_encoder.stride
         if image_size % stride or image_size // stride < 2:
@@ -107,9 +124,12 @@ class CNNJEPA(JEPAModule):
             depth=predictor_depth,
             kernel_size=predictor_kernel_size,
             hidden_channels=predictor_channels,
+            linear_output=predictor_linear_output,
         )
         self.vicreg = vicreg
         self.vicreg_weight = vicreg_weight
+        normalize_targets(torch.ones(2, 1, 1, 1), target_norm)  # unknown names fail here
+        self.target_norm = target_norm
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -171,7 +191,8 @@ class CNNJEPA(JEPAModule):
             images = images.contiguous(memory_format=torch.channels_last)
         masks = self.sample_masks(images.shape[0])
         prediction, target, context = self.forward_masked(images, masks)  # (V·B, C, h, w) each
-        loss = normalized_smooth_l1(prediction, target.detach(), masks.target)
+        target_n = normalize_targets(target.detach(), self.target_norm)  # (V·B, C, h, w)
+        loss = normalized_smooth_l1(prediction, target_n, masks.target)
         out = {
             "target_ratio": masks.target.float().mean(),
             "context_ratio": masks.context.float().mean(),
@@ -186,8 +207,12 @@ class CNNJEPA(JEPAModule):
         return out
 
     @torch.no_grad()
+    def target_map(self, images: Tensor) -> Tensor:
+        return self.target_encoder(images)  # (B, C, h, w)
+
+    @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        return masked_average_pool(self.target_encoder(images)).float()  # (B, C)
+        return masked_average_pool(self.target_map(images)).float()  # (B, C)
 
     @torch.no_grad()
     def mask_preview(self, images: Tensor) -> dict[str, Tensor]:

@@ -21,6 +21,10 @@ class ConvPredictor(nn.Module):
         depth: Number of layers (paper: 3; 2 is about as good).
         kernel_size: Depthwise kernel size (odd).
         hidden_channels: Width of the hidden layers; ``None`` keeps ``channels`` (paper).
+        linear_output: End with ``[depthwise -> 1×1 conv with bias]``, without BatchNorm and
+            ReLU, so predictions can be negative. The paper ends with BN + ReLU, which suits its
+            non-negative targets (a ResNet's output after ReLU) but cannot match standardised
+            targets, which are negative in about half their entries.
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class ConvPredictor(nn.Module):
         depth: int = 3,
         kernel_size: int = 3,
         hidden_channels: int | None = None,
+        linear_output: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -38,15 +43,16 @@ class ConvPredictor(nn.Module):
         hidden = hidden_channels or channels
         widths = [channels] + [hidden] * (depth - 1) + [channels]
         layers: list[nn.Module] = []
-        for c_in, c_out in itertools.pairwise(widths):
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
+            last = linear_output and i == depth - 1
             layers += [
                 nn.Conv2d(
                     c_in, c_in, kernel_size, padding=kernel_size // 2, groups=c_in, bias=False
                 ),
-                nn.Conv2d(c_in, c_out, 1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
+                nn.Conv2d(c_in, c_out, 1, bias=last),
             ]
+            if not last:
+                layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         self.layers = nn.Sequential(*layers)
         self.mask_token = nn.Parameter(torch.zeros(1, channels, 1, 1))
         nn.init.trunc_normal_(self.mask_token, std=0.02)

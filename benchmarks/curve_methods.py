@@ -1,0 +1,138 @@
+"""The methods of ``learning_curve.py``: CNN-JEPA built through the real CLI from the shipped
+CIFAR-10 config (so the benchmark measures exactly what users run), lightly's baselines, and the
+encoders each one is evaluated with."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import yaml
+from lightly_baselines import BASELINES, TwoViewDataModule, small_resnet18
+from quality import cifar_datamodule_args
+from torch import nn
+
+from jepa_lightning import CNNJEPA
+from jepa_lightning.cli import main as cli_main
+from jepa_lightning.modules import MaskedResNet
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs/cifar10_cnn_jepa_resnet18.yaml"
+
+#: The paper's CNN-JEPA on top of the config's data and backbone (lr at batch 512, scaled).
+PAPER: dict[str, Any] = {
+    "target_norm": "none",
+    "zero_init_residual": False,
+    "vicreg": None,
+    "masking": None,
+    "predictor_depth": 3,
+    "lr@512": 0.01,
+    "wd": 0.01,
+    "ema": 0.996,
+    "warmup": 10 / 200,  # 10 warm-up epochs of 200
+    "crop_min": 0.2,
+    "hflip": True,
+}
+
+MASKINGS = {
+    "mixed": "jepa_lightning.masking.MixedMasking",
+    "multiblock": "jepa_lightning.masking.MultiBlockMasking",
+    "random": "jepa_lightning.masking.RandomMasking",
+}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,...`` -> ``(name, {key: value})`` with YAML-typed values."""
+    name, _, rest = spec.partition(":")
+    pairs = [kv.split("=", 1) for kv in rest.split(",") if kv]
+    return name, {k: yaml.safe_load(v) for k, v in pairs}
+
+
+def _config() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def num_train_images(root: str) -> int:
+    return sum(1 for f in (Path(root) / "train").rglob("*") if f.is_file())
+
+
+def jepa_overrides(
+    options: dict[str, Any], batch: int, steps: int | None, train_images: int
+) -> list[str]:
+    """CLI arguments turning the config's recipe into ``options`` at ``batch`` for ``steps``."""
+    cfg = _config()
+    model = cfg["model"]["init_args"]
+    cfg_batch = cfg["data"]["init_args"]["batch_size"]
+    opts = dict(options)
+    if "lr@512" in opts:
+        opts.setdefault("lr", opts.pop("lr@512") * batch / 512)
+    lr = opts.pop("lr", model["optimizer"]["init_args"]["lr"] * batch / cfg_batch)
+    frac = opts.pop("warmup", model.get("warmup_epochs", 10) / cfg["trainer"]["max_epochs"])
+    out = ["--model.init_args.optimizer.init_args.lr", str(lr)]
+    if "wd" in opts:
+        out += ["--model.init_args.optimizer.init_args.weight_decay", str(opts.pop("wd"))]
+    if "ema" in opts:
+        out += ["--model.init_args.ema_start", str(opts.pop("ema"))]
+    steps_per_epoch = max(1, train_images // batch)
+    out += ["--model.init_args.warmup_epochs", str(frac * (steps or 0) / steps_per_epoch)]
+    if "crop_min" in opts:
+        out += ["--data.init_args.crop_scale", f"[{opts.pop('crop_min')}, 1.0]"]
+    if "hflip" in opts:
+        out += ["--data.init_args.hflip", str(opts.pop("hflip")).lower()]
+    if "masking" in opts:
+        kind = opts.pop("masking")
+        out += ["--model.init_args.masking", "null" if kind is None else MASKINGS[kind]]
+    if opts.get("vicreg") == "varcov":  # C-JEPA's variance/covariance, one view
+        opts.pop("vicreg")
+        out += ["--model.init_args.vicreg", "jepa_lightning.losses.VICRegTerms",
+                "--model.init_args.vicreg.init_args.sim_weight", "0"]  # fmt: skip
+    for key, value in opts.items():
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+        out += [f"--model.init_args.{key}", str(text)]
+    return out
+
+
+def build_method(
+    spec: str, args: argparse.Namespace, steps: int | None = None
+) -> tuple[pl.LightningModule, pl.LightningDataModule, str]:
+    """``(model, datamodule, kind)`` for a method spec; ``steps`` sets the warm-up length."""
+    name, options = parse_spec(spec)
+    batch = options.pop("batch", args.batch_size)
+    data = cifar_datamodule_args(args.data, batch, args.workers)
+    if name in BASELINES:
+        if options:
+            raise ValueError(f"{name} takes no options (lightly's recipe), got {options}")
+        cls, views = BASELINES[name]
+        dm = TwoViewDataModule(views=views, persistent_workers=False, **data)
+        return cls(batch_size=batch), dm, "lightly"
+    if name not in ("cnn_jepa", "cnn_jepa_paper"):
+        raise ValueError(f"unknown method {name!r}")
+    if name == "cnn_jepa_paper":
+        options = {**PAPER, **options}
+    cli_args = [
+        "--config", str(CONFIG),
+        "--trainer.accelerator", "cpu", "--trainer.precision", "32", "--trainer.logger", "false",
+        "--data.init_args.root", data["root"],
+        "--data.init_args.batch_size", str(batch),
+        "--data.init_args.num_workers", str(args.workers),
+        "--data.init_args.persistent_workers", "false",
+        *jepa_overrides(options, batch, steps, num_train_images(data["root"])),
+    ]  # fmt: skip
+    cli = cli_main(cli_args, run=False)
+    return cli.model, cli.datamodule, "jepa"
+
+
+def encoder_for_eval(spec: str, module: pl.LightningModule) -> nn.Module:
+    """The encoder the method means: EMA target (CNN-JEPA, BYOL) or online trunk."""
+    if isinstance(module, CNNJEPA):
+        return module.target_encoder
+    return module.eval_encoder  # type: ignore[return-value]
+
+
+def fresh_encoder(spec: str) -> nn.Module:
+    """An encoder of the snapshot's architecture, to load its state into."""
+    name, _ = parse_spec(spec)
+    if name in BASELINES:
+        return small_resnet18()
+    return MaskedResNet("resnet18", small_images=True)
