@@ -160,7 +160,7 @@ def _plot(
         ax.axhline(random, color="grey", ls="--", lw=1, label=f"random init ({random:.1f})")
     ax.set_xlabel("pretraining minutes (reference machine, 2 CPU cores)")
     ax.set_ylabel("k-NN top-1 (%)")
-    ax.set_title("CIFAR-10, ResNet-18 (small stem): k-NN of the evaluated encoder")
+    ax.set_title("CIFAR-10, ResNet-18 small stem: k-NN of the evaluated encoder", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

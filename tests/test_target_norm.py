@@ -125,3 +125,17 @@ def test_predictor_linear_output_can_match_standardised_targets() -> None:
         backbone="resnet18", small_images=True, image_size=32, predictor_linear_output=True
     )
     assert isinstance(list(model.predictor.layers)[-1], torch.nn.Conv2d)
+
+
+def test_target_maps_pool_to_the_evaluation_embedding() -> None:
+    from jepa_lightning import CJEPA
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    cnn = CNNJEPA(backbone="resnet18", small_images=True, image_size=32).eval()
+    vit = CJEPA(arch="vit_tiny", patch_size=4, image_size=32, depth=2).eval()
+    for model, grid in ((cnn, (4, 4)), (vit, (8, 8))):
+        with torch.no_grad():
+            maps = model.target_map(images)
+        assert maps.shape[0] == 2 and tuple(maps.shape[2:]) == grid
+        torch.testing.assert_close(maps.float().mean(dim=(2, 3)), model.embed(images))

@@ -187,7 +187,6 @@ class CJEPA(JEPAModule):
     def embed(self, images: Tensor) -> Tensor:
         return self.target_encoder(images).mean(dim=1).float()  # (B, D)
 
-    @torch.no_grad()
     def target_map(self, images: Tensor) -> Tensor:
         tokens = self.target_encoder(images)  # (B, N, D), N = gh · gw patches
         return tokens.transpose(1, 2).unflatten(2, self.grid)  # (B, D, gh, gw)

@@ -206,7 +206,6 @@ class CNNJEPA(JEPAModule):
         out["loss"] = loss
         return out
 
-    @torch.no_grad()
     def target_map(self, images: Tensor) -> Tensor:
         return self.target_encoder(images)  # (B, C, h, w)
 
