@@ -18,6 +18,12 @@ _NORM_DIMS: dict[str, tuple[int, ...]] = {
 }
 
 
+def check_target_norm(kind: str) -> None:
+    """Raise ``ValueError`` naming the valid choices if ``kind`` is not a :data:`TargetNorm`."""
+    if kind != "none" and kind not in _NORM_DIMS:
+        raise ValueError(f"Unknown target_norm {kind!r}; use one of none, {', '.join(_NORM_DIMS)}.")
+
+
 def normalize_targets(target: Tensor, kind: TargetNorm = "none", eps: float = 1e-6) -> Tensor:
     """Standardise a ``(B, C, h, w)`` target map before the loss (float32).
 
@@ -31,10 +37,9 @@ def normalize_targets(target: Tensor, kind: TargetNorm = "none", eps: float = 1e
     The ``batch*`` statistics are those of the local batch (per process under DDP, like
     BatchNorm without sync); they need a batch of at least 2 images.
     """
+    check_target_norm(kind)
     if kind == "none":
         return target.float()
-    if kind not in _NORM_DIMS:
-        raise ValueError(f"Unknown target_norm {kind!r}; use one of none, {', '.join(_NORM_DIMS)}.")
     t = target.float()
     var, mean = torch.var_mean(t, dim=_NORM_DIMS[kind], keepdim=True, correction=0)
     return (t - mean) * torch.rsqrt(var + eps)

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jepa_lightning.losses.jepa import TargetNorm, normalize_targets, normalized_smooth_l1
+from jepa_lightning.losses.jepa import (
+    TargetNorm,
+    check_target_norm,
+    normalize_targets,
+    normalized_smooth_l1,
+)
 from jepa_lightning.losses.vicreg import VICRegTerms
 from jepa_lightning.masking.grid import GridMasks, MaskGenerator, MixedMasking
 from jepa_lightning.methods.base import JEPAModule
@@ -128,7 +133,7 @@ class CNNJEPA(JEPAModule):
         )
         self.vicreg = vicreg
         self.vicreg_weight = vicreg_weight
-        normalize_targets(torch.ones(2, 1, 1, 1), target_norm)  # unknown names fail here
+        check_target_norm(target_norm)
         self.target_norm = target_norm
         self.channels_last = channels_last
         if channels_last:
