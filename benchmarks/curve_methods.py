@@ -12,13 +12,19 @@ import lightning.pytorch as pl
 import yaml
 from lightly_baselines import BASELINES, TwoViewDataModule, small_resnet18
 from quality import cifar_datamodule_args
-from torch import nn
+from torch import Tensor, nn
 
-from jepa_lightning import CNNJEPA
+from jepa_lightning import CJEPA, CNNJEPA
 from jepa_lightning.cli import main as cli_main
 from jepa_lightning.modules import MaskedResNet
+from jepa_lightning.modules.vit import ViTEncoder
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs/cifar10_cnn_jepa_resnet18.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: The shipped config each JEPA method is built from, and how its lr scales with the batch.
+JEPA_CONFIGS: dict[str, tuple[Path, str]] = {
+    "cnn_jepa": (CONFIGS / "cifar10_cnn_jepa_resnet18.yaml", "linear"),
+    "cjepa": (CONFIGS / "cifar10_cjepa_vit_tiny.yaml", "sqrt"),  # C-JEPA / I-JEPA: sqrt rule
+}
 
 #: The paper's CNN-JEPA on top of the config's data and backbone (lr at batch 512, scaled).
 PAPER: dict[str, Any] = {
@@ -49,8 +55,13 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, {k: yaml.safe_load(v) for k, v in pairs}
 
 
-def _config() -> dict[str, Any]:
-    return yaml.safe_load(CONFIG.read_text())
+#: Method name -> (config family, options applied before the user's).
+JEPA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cnn_jepa": ("cnn_jepa", {}),
+    "cnn_jepa_paper": ("cnn_jepa", PAPER),
+    "cjepa": ("cjepa", {}),
+    "ijepa": ("cjepa", {"vicreg_weight": 0.0, "views": 1}),  # I-JEPA: no VICReg, one view
+}
 
 
 def num_train_images(root: str) -> int:
@@ -58,16 +69,18 @@ def num_train_images(root: str) -> int:
 
 
 def jepa_overrides(
-    options: dict[str, Any], batch: int, steps: int | None, train_images: int
+    family: str, options: dict[str, Any], batch: int, steps: int | None, train_images: int
 ) -> list[str]:
     """CLI arguments turning the config's recipe into ``options`` at ``batch`` for ``steps``."""
-    cfg = _config()
+    path, scaling = JEPA_CONFIGS[family]
+    cfg = yaml.safe_load(path.read_text())
     model = cfg["model"]["init_args"]
     cfg_batch = cfg["data"]["init_args"]["batch_size"]
+    ratio = batch / cfg_batch if scaling == "linear" else (batch / cfg_batch) ** 0.5
     opts = dict(options)
     if "lr@512" in opts:
         opts.setdefault("lr", opts.pop("lr@512") * batch / 512)
-    lr = opts.pop("lr", model["optimizer"]["init_args"]["lr"] * batch / cfg_batch)
+    lr = opts.pop("lr", model["optimizer"]["init_args"]["lr"] * ratio)
     frac = opts.pop("warmup", model.get("warmup_epochs", 10) / cfg["trainer"]["max_epochs"])
     out = ["--model.init_args.optimizer.init_args.lr", str(lr)]
     if "wd" in opts:
@@ -80,6 +93,8 @@ def jepa_overrides(
         out += ["--data.init_args.crop_scale", f"[{opts.pop('crop_min')}, 1.0]"]
     if "hflip" in opts:
         out += ["--data.init_args.hflip", str(opts.pop("hflip")).lower()]
+    if "views" in opts:
+        out += ["--data.init_args.num_views", str(opts.pop("views"))]
     if "masking" in opts:
         kind = opts.pop("masking")
         out += ["--model.init_args.masking", "null" if kind is None else MASKINGS[kind]]
@@ -106,33 +121,51 @@ def build_method(
         cls, views = BASELINES[name]
         dm = TwoViewDataModule(views=views, persistent_workers=False, **data)
         return cls(batch_size=batch), dm, "lightly"
-    if name not in ("cnn_jepa", "cnn_jepa_paper"):
-        raise ValueError(f"unknown method {name!r}")
-    if name == "cnn_jepa_paper":
-        options = {**PAPER, **options}
+    if name not in JEPA_METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {[*JEPA_METHODS, *BASELINES]}")
+    family, preset = JEPA_METHODS[name]
+    options = {**preset, **options}
     cli_args = [
-        "--config", str(CONFIG),
+        "--config", str(JEPA_CONFIGS[family][0]),
         "--trainer.accelerator", "cpu", "--trainer.precision", "32", "--trainer.logger", "false",
         "--data.init_args.root", data["root"],
         "--data.init_args.batch_size", str(batch),
         "--data.init_args.num_workers", str(args.workers),
         "--data.init_args.persistent_workers", "false",
-        *jepa_overrides(options, batch, steps, num_train_images(data["root"])),
+        *jepa_overrides(family, options, batch, steps, num_train_images(data["root"])),
     ]  # fmt: skip
     cli = cli_main(cli_args, run=False)
     return cli.model, cli.datamodule, "jepa"
 
 
+class TokenGrid(nn.Module):
+    """A ViT encoder as a feature map: ``(B, N, D)`` tokens -> ``(B, D, gh, gw)``, so every
+    method's snapshot is evaluated by the same average pooling."""
+
+    def __init__(self, encoder: ViTEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x).transpose(1, 2).unflatten(2, self.encoder.grid)
+
+
 def encoder_for_eval(spec: str, module: pl.LightningModule) -> nn.Module:
-    """The encoder the method means: EMA target (CNN-JEPA, BYOL) or online trunk."""
+    """The encoder the method means: EMA target (CNN-JEPA, C-JEPA, BYOL) or online trunk."""
     if isinstance(module, CNNJEPA):
         return module.target_encoder
+    if isinstance(module, CJEPA):
+        return TokenGrid(module.target_encoder)
     return module.eval_encoder  # type: ignore[return-value]
 
 
 def fresh_encoder(spec: str) -> nn.Module:
     """An encoder of the snapshot's architecture, to load its state into."""
-    name, _ = parse_spec(spec)
+    name, options = parse_spec(spec)
     if name in BASELINES:
         return small_resnet18()
-    return MaskedResNet("resnet18", small_images=True)
+    if JEPA_METHODS[name][0] == "cjepa":
+        cfg = yaml.safe_load(JEPA_CONFIGS["cjepa"][0].read_text())["model"]["init_args"]
+        vit = ViTEncoder(cfg["arch"], 32, cfg["patch_size"], options.get("depth", cfg.get("depth")))
+        return TokenGrid(vit)
+    return MaskedResNet("resnet18", small_images=True, last_stride=options.get("last_stride", 2))

@@ -21,6 +21,18 @@ from jepa_lightning.callbacks.metrics import knn_accuracy, rankme
 FIELDS = ["method", "step", "steps", "batch", "minutes_ref", "train_min_here", "knn_top1",
           "rankme", "step_s", "scale"]  # fmt: skip
 CORE = ("cnn_jepa", "byol", "simclr", "vicreg")
+VIT = ("cjepa", "ijepa")  # ViT-Tiny methods: their own random init and their own last line
+
+
+def is_vit(spec: str) -> bool:
+    return spec.partition(":")[0] in VIT
+
+
+def random_init(rows: list[dict[str, str]], vit: bool) -> tuple[float, int]:
+    """Mean k-NN of the step-0 snapshots (random inits) of the ResNet or of the ViT methods."""
+    inits = [float(r["knn_top1"]) for r in rows
+             if int(r["step"]) == 0 and is_vit(r["method"]) == vit]  # fmt: skip
+    return (sum(inits) / len(inits) if inits else math.nan), len(inits)
 
 
 def _eval_sets(args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -45,7 +57,7 @@ def _features(encoder: nn.Module, images: Tensor) -> Tensor:
     return torch.cat([encoder(x).mean(dim=(2, 3)) for x in images.split(500)])  # (N, C)
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
     with path.open() as f:
@@ -53,7 +65,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
-    done = {(r["method"], int(r["step"])) for r in _rows(args.csv)}
+    done = {(r["method"], int(r["step"])) for r in read_rows(args.csv)}
     todo = [
         (spec, d, snap)
         for spec, d in runs
@@ -101,17 +113,16 @@ def _final(rows: list[dict[str, str]], spec: str) -> dict[str, str] | None:
 
 
 def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
-    rows = _rows(args.csv)
+    rows = read_rows(args.csv)
     if not rows:
         print("no evaluations yet")
         return
     # The random encoder: every method's step-0 snapshot is a random init; report their mean.
-    inits = [float(r["knn_top1"]) for r in rows if int(r["step"]) == 0]
-    random = sum(inits) / len(inits) if inits else math.nan
+    random, n_inits = random_init(rows, vit=False)
     print(f"\n# CIFAR-10 (JPEG q75) 32 px, ResNet-18 small stem, "
           f"budget {args.budget_min:g} reference-minutes each; k-NN k=200 tau=0.1, bank "
           f"{args.bank_size} train / {args.test_size} test; random init = mean of step-0 "
-          f"snapshots ({len(inits)})")  # fmt: skip
+          f"snapshots ({n_inits} ResNet-18)")  # fmt: skip
     print("| method | batch | s/step here | steps | epochs | first k-NN | best k-NN | final k-NN | "
           "final RankMe | train min here |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -129,13 +140,19 @@ def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
         print("| " + " | ".join(str(c) for c in cells) + " |")
     _plot(args, rows, runs, random)
     finals = {spec: _final(rows, spec) for spec, _ in runs}
-    names = [*CORE, *(s for s, _ in runs if s not in CORE)]
-    parts = []
-    for name in names:
+
+    def final(name: str) -> str:
         r = finals.get(name)
         complete = r is not None and int(r["step"]) == int(r["steps"])
-        parts.append(f"{name}={float(r['knn_top1']):.2f}" if complete else f"{name}=nan")
-    parts.insert(len(CORE), f"random={random:.2f}")
+        return f"{name}={float(r['knn_top1']):.2f}" if complete else f"{name}=nan"
+
+    if any(is_vit(s) for s, _ in runs):  # C-JEPA against I-JEPA, same ViT
+        vit_random, _ = random_init(rows, vit=True)
+        vit = [*VIT, *(s for s, _ in runs if is_vit(s) and s not in VIT)]
+        print(f"vit_knn_top1@{args.budget_min:g}min: "
+              + " ".join([*(final(n) for n in vit), f"random={vit_random:.2f}"]))  # fmt: skip
+    others = [s for s, _ in runs if s not in CORE and not is_vit(s)]
+    parts = [*(final(n) for n in CORE), f"random={random:.2f}", *(final(n) for n in others)]
     print(f"knn_top1@{args.budget_min:g}min: " + " ".join(parts))
 
 
@@ -157,7 +174,10 @@ def _plot(
             xs = [float(r["minutes_ref"]) for r in mine]
             ax.plot(xs, [float(r["knn_top1"]) for r in mine], marker="o", ms=3, label=spec)
     if not math.isnan(random):
-        ax.axhline(random, color="grey", ls="--", lw=1, label=f"random init ({random:.1f})")
+        ax.axhline(random, color="grey", ls="--", lw=1, label=f"random ResNet-18 ({random:.1f})")
+    vit_random, _ = random_init(rows, vit=True)
+    if any(is_vit(s) for s, _ in runs) and not math.isnan(vit_random):
+        ax.axhline(vit_random, color="grey", ls=":", lw=1, label=f"random ViT ({vit_random:.1f})")
     ax.set_xlabel("pretraining minutes (reference machine, 2 CPU cores)")
     ax.set_ylabel("k-NN top-1 (%)")
     ax.set_title("CIFAR-10, ResNet-18 small stem: k-NN of the evaluated encoder", fontsize=10)

@@ -40,7 +40,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from curve_methods import build_method, encoder_for_eval, parse_spec
-from curve_report import evaluate_snapshots, report
+from curve_report import evaluate_snapshots, read_rows, report
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 CACHE = Path.home() / ".cache/jepa-lightning/learning_curve"
@@ -91,13 +91,24 @@ def info_batch(spec: str, args: argparse.Namespace) -> int:
     return int(parse_spec(spec)[1].get("batch", args.batch_size))
 
 
+def _kept_plan(args: argparse.Namespace, spec: str) -> Path | None:
+    """``spec``'s committed plan under ``--plans`` (a comparison planned in an earlier session)."""
+    return Path(args.plans) / f"{run_dir(args, spec).name}.json" if args.plans else None
+
+
 def plan(args: argparse.Namespace) -> None:
+    for spec in args.methods:  # plans fixed in an earlier session are reused, never re-timed
+        kept, mine = _kept_plan(args, spec), run_dir(args, spec) / "plan.json"
+        if kept is not None and kept.exists() and not mine.exists():
+            mine.parent.mkdir(parents=True, exist_ok=True)
+            mine.write_text(kept.read_text())
     todo = [s for s in args.methods if not (run_dir(args, s) / "plan.json").exists()]
     if not todo:
         return
-    ref = args.reference_byol_s or reference_byol_step()
-    scale = ref / REF_BYOL_STEP_S
-    print(f"reference BYOL step here: {ref:.3f} s (x{scale:.2f} the reference machine)")
+    # The machine's speed drifts by tens of percent over minutes (seen here: the same step 2.7 s
+    # and 3.7 s four minutes apart), so every method is bracketed by reference BYOL steps timed
+    # just before and just after it, and its scale is their mean.
+    ref_before = args.reference_byol_s or reference_byol_step()
     for spec in todo:
         pl.seed_everything(args.seed, verbose=False)
         model, dm, _ = build_method(spec, args)
@@ -105,6 +116,12 @@ def plan(args: argparse.Namespace) -> None:
         trainer = _trainer(max_steps=args.calib_steps, callbacks=[timer])
         trainer.fit(model, dm)
         step_s = sorted(timer.times[3:])[len(timer.times[3:]) // 2]
+        ref_after = args.reference_byol_s or reference_byol_step()
+        bracket, ref_before = [ref_before, ref_after], ref_after
+        ref = sum(bracket) / 2
+        scale = ref / REF_BYOL_STEP_S
+        print(f"reference BYOL step here: {bracket[0]:.3f} s before, {bracket[1]:.3f} s after "
+              f"(x{scale:.2f} the reference machine)")  # fmt: skip
         budget_here = args.budget_min * 60 * scale
         steps = max(args.evals, int(budget_here / step_s))
         if args.fixed_steps:  # ablations of equal step cost: equal images seen
@@ -114,6 +131,7 @@ def plan(args: argparse.Namespace) -> None:
             "spec": spec,
             "step_s": step_s,
             "ref_byol_step_s": ref,
+            "ref_byol_step_s_before_after": bracket,
             "scale": scale,
             "budget_min_ref": args.budget_min,
             "budget_s_here": budget_here,
@@ -126,6 +144,10 @@ def plan(args: argparse.Namespace) -> None:
         d = run_dir(args, spec)
         d.mkdir(parents=True, exist_ok=True)
         (d / "plan.json").write_text(json.dumps(info, indent=1))
+        kept = _kept_plan(args, spec)
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(info, indent=1))
         print(f"plan {spec}: {step_s:.3f} s/step -> {steps} steps, evals at {evals}", flush=True)
 
 
@@ -143,9 +165,9 @@ def _trainer(**kwargs) -> pl.Trainer:  # type: ignore[no-untyped-def]
 def train(args: argparse.Namespace) -> None:
     for spec in args.methods:
         d = run_dir(args, spec)
-        if (d / "done.json").exists():
-            continue
         info = json.loads((d / "plan.json").read_text())
+        if (d / "done.json").exists() or recorded(args.csv, spec, info["steps"]):
+            continue
         pl.seed_everything(args.seed, verbose=False)
         model, dm, _ = build_method(spec, args, info["steps"])
         snaps = Snapshots(d, info["eval_steps"], spec)
@@ -167,6 +189,11 @@ def train(args: argparse.Namespace) -> None:
         }
         (d / "done.json").write_text(json.dumps(done))
         print(f"trained {spec}: {done}", flush=True)
+
+
+def recorded(csv_path: Path, spec: str, steps: int) -> bool:
+    """Whether ``spec``'s final evaluation is already in the CSV (its training is not redone)."""
+    return any(r["method"] == spec and int(r["step"]) == steps for r in read_rows(csv_path))
 
 
 def _previous_wall(d: Path) -> float:
@@ -214,7 +241,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--bank-size", type=int, default=10000)
     ap.add_argument("--test-size", type=int, default=10000)
-    ap.add_argument("--calib-steps", type=int, default=9)
+    ap.add_argument("--calib-steps", type=int, default=15)
     ap.add_argument("--reference-byol-s", type=float, default=0.0,
                     help="throughput.py's BYOL step here, if known (0: measure)")  # fmt: skip
     ap.add_argument("--fixed-steps", type=int, default=0,
@@ -226,6 +253,9 @@ def main() -> None:
     ap.add_argument("--tag", default="main", help="run folder under --run-root")
     ap.add_argument("--run-root", default=str(CACHE))
     ap.add_argument("--csv", default=None, help="default: <run-root>/<tag>/curve.csv")
+    ap.add_argument("--plans", default=None,
+                    help="folder of committed plans (<method>.json), reused instead of timing "
+                    "again: one comparison's step counts, trained across sessions")  # fmt: skip
     ap.add_argument("--png", default=None, help="plot path (default: next to the CSV)")
     args = ap.parse_args()
     if args.threads:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -40,3 +42,41 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 mode = ("RGB", "L", "RGBA")[i % 3]
                 img.convert(mode).save(d / f"{i}.png")
     return root
+
+
+def _batch(images: np.ndarray, labels: list[int], key: str) -> dict:
+    # torchvision's layout: rows of 3072 bytes, the red plane, then green, then blue (CHW).
+    return {"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1), key: labels}
+
+
+def write_cifar10(root: Path, per_batch: int = 8, n_test: int = 10) -> dict[str, np.ndarray]:
+    """``root/cifar-10-batches-py`` with 5 training batches of ``per_batch`` images, a test
+    batch and ``batches.meta``; returns the HWC images and labels written."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    n_train = 5 * per_batch
+    images = rng.integers(0, 256, (n_train + n_test, 32, 32, 3), dtype=np.uint8)
+    labels = (np.arange(n_train + n_test) * 7 % 10).tolist()
+    for b in range(5):
+        s = slice(b * per_batch, (b + 1) * per_batch)
+        entry = _batch(images[s], labels[s], "labels")
+        (folder / f"data_batch_{b + 1}").write_bytes(pickle.dumps(entry))
+    test = _batch(images[n_train:], labels[n_train:], "labels")
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    meta = {"label_names": [f"class{c}" for c in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return {
+        "train": images[:n_train],
+        "train_labels": np.array(labels[:n_train]),
+        "test": images[n_train:],
+        "test_labels": np.array(labels[n_train:]),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar10(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """A root holding a tiny CIFAR-10 in torchvision's format (40 training images in 5 batches,
+    10 test images) for ``CIFAR10DataModule(root=...)``, and the images and labels written."""
+    root = tmp_path_factory.mktemp("cifar10")
+    return root, write_cifar10(root)

@@ -1,5 +1,6 @@
 """Smoke test of ``benchmarks/learning_curve.py``: every phase on a tiny ImageFolder, the CSV and
-plot it writes, the ``knn_top1@`` line, and that a finished method is not trained again."""
+plot it writes, the ``knn_top1@`` lines, that a finished method is not trained again, and that
+committed plans and results carry a comparison to a fresh machine (nothing timed or trained)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+METHODS = ["cnn_jepa", "cnn_jepa_paper:target_norm=batch", "byol", "ijepa", "cjepa:depth=2"]
+
+
 def _run(image_folder: Path, run_root: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [
         sys.executable, str(REPO / "benchmarks/learning_curve.py"),
         "--data", str(image_folder), "--run-root", str(run_root), "--tag", "smoke",
-        "--methods", "cnn_jepa", "cnn_jepa_paper:target_norm=batch", "byol",
+        "--methods", *METHODS,
         "--budget-min", "0.05", "--fixed-steps", "3", "--evals", "1", "--batch-size", "4",
         "--bank-size", "8", "--test-size", "6", "--calib-steps", "4", "--workers", "0",
         "--reference-byol-s", "0.62", "--ckpt-every", "2", "--threads", "2", *extra,
@@ -31,26 +35,37 @@ def _run(image_folder: Path, run_root: Path, *extra: str) -> subprocess.Complete
 
 @pytest.mark.slow
 def test_learning_curve_smoke(image_folder: Path, tmp_path: Path) -> None:
-    proc = _run(image_folder, tmp_path)
-    root = tmp_path / "smoke"
-    with (root / "curve.csv").open() as f:
+    kept = ("--plans", str(tmp_path / "plans"), "--csv", str(tmp_path / "results/curve.csv"))
+    proc = _run(image_folder, tmp_path / "machine1", *kept)
+    root = tmp_path / "machine1/smoke"
+    with (tmp_path / "results/curve.csv").open() as f:
         rows = list(csv.DictReader(f))
     methods = {r["method"] for r in rows}
-    assert methods == {"cnn_jepa", "cnn_jepa_paper:target_norm=batch", "byol"}
+    assert methods == set(METHODS)
     for method in methods:
         steps = sorted(int(r["step"]) for r in rows if r["method"] == method)
         assert steps == [0, 3]  # the random init and the end of the planned schedule
     assert all(0 <= float(r["knn_top1"]) <= 100 and float(r["rankme"]) >= 1 for r in rows)
-    assert (root / "curve.png").stat().st_size > 1000
-    last = proc.stdout.strip().splitlines()[-1]
+    assert (tmp_path / "results/curve.png").stat().st_size > 1000
+    vit_line, last = proc.stdout.strip().splitlines()[-2:]
     assert last.startswith("knn_top1@0.05min: cnn_jepa=")
     for name in ("byol=", "simclr=nan", "vicreg=nan", "random=", "cnn_jepa_paper:target_norm="):
         assert name in last
+    assert "ijepa" not in last and vit_line.startswith("vit_knn_top1@0.05min: cjepa=nan ijepa=")
+    assert "cjepa:depth=2=" in vit_line and "random=" in vit_line
+    assert sorted(p.stem for p in (tmp_path / "plans").glob("*.json")) == sorted(
+        m.replace(":", "__").replace("=", "-") for m in METHODS
+    )
     assert (root / "cnn_jepa" / "last.ckpt").exists()
     # Finished methods are skipped: a second call trains and evaluates nothing again.
     snap = root / "cnn_jepa" / "snap_000003.pt"
     mtime = snap.stat().st_mtime_ns
-    again = _run(image_folder, tmp_path)
+    again = _run(image_folder, tmp_path / "machine1", *kept)
     assert "trained" not in again.stdout and "eval " not in again.stdout
     assert snap.stat().st_mtime_ns == mtime
     assert again.stdout.strip().splitlines()[-1] == last
+    # A fresh machine with the committed plans and CSV: nothing is timed, trained or evaluated.
+    fresh = _run(image_folder, tmp_path / "machine2", *kept, "--reference-byol-s", "0")
+    assert "plan " not in fresh.stdout and "reference BYOL" not in fresh.stdout
+    assert "trained" not in fresh.stdout and "eval " not in fresh.stdout
+    assert fresh.stdout.strip().splitlines()[-1] == last

@@ -25,22 +25,25 @@ def _upsample(visible: torch.Tensor, stride: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("arch", "small", "size"),
+    ("arch", "small", "size", "last_stride"),
     [
-        ("resnet18", False, 96),
-        ("resnet34", False, 96),
-        ("resnet50", False, 96),
-        ("wide_resnet50_2", False, 64),
-        ("resnet18", True, 32),
-        ("resnet50", True, 32),
+        ("resnet18", False, 96, 2),
+        ("resnet34", False, 96, 2),
+        ("resnet50", False, 96, 2),
+        ("wide_resnet50_2", False, 64, 2),
+        ("resnet18", True, 32, 2),
+        ("resnet50", True, 32, 2),
+        ("resnet18", True, 32, 1),  # 8x8 grid at 32 px
+        ("resnet50", False, 64, 1),  # Bottleneck: the strided conv is conv2
     ],
 )
 @pytest.mark.parametrize("train", [True, False])
 def test_masked_pixels_cannot_change_context_features(
-    arch: str, small: bool, size: int, train: bool
+    arch: str, small: bool, size: int, last_stride: int, train: bool
 ) -> None:
     torch.manual_seed(0)
-    enc = MaskedResNet(arch, small_images=small).train(train)
+    enc = MaskedResNet(arch, small_images=small, last_stride=last_stride).train(train)
+    assert enc.stride == (8 if small else 32) * last_stride // 2
     # Non-trivial running statistics and affine parameters for eval mode.
     for m in enc.modules():
         if isinstance(m, MaskedBatchNorm2d):

@@ -3,11 +3,18 @@
 from jepa_lightning.callbacks import (
     CollapseMonitor,
     EMAMomentumSchedule,
+    FitSummary,
     KNNMonitor,
     MaskImageLogger,
     OnlineLinearProbe,
 )
-from jepa_lightning.data import DigitsDataModule, ImageFolderDataModule, SSLDataModule
+from jepa_lightning.data import (
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    SSLDataModule,
+)
 from jepa_lightning.evaluation import FineTune, KNNEvaluation, LinearEvaluation, load_pretrained
 from jepa_lightning.methods import CJEPA, CNNJEPA, IJEPA, JEPAModule
 
@@ -17,10 +24,13 @@ __all__ = [
     "CJEPA",
     "CNNJEPA",
     "IJEPA",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "CollapseMonitor",
     "DigitsDataModule",
     "EMAMomentumSchedule",
     "FineTune",
+    "FitSummary",
     "ImageFolderDataModule",
     "JEPAModule",
     "KNNEvaluation",

@@ -8,6 +8,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import jepa_lightning.evaluation  # noqa: F401  (registers the evaluation modules as subclasses)
 from jepa_lightning.data.datamodule import SSLDataModule
+from jepa_lightning.precision import cpu_precision_fallback
 
 
 class JEPACLI(LightningCLI):
@@ -17,6 +18,16 @@ class JEPACLI(LightningCLI):
         # Say each value once: the DataModule owns the image size. Every module run through
         # this CLI (pretraining and evaluation) therefore takes an ``image_size`` argument.
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+
+    def before_instantiate_classes(self) -> None:
+        """bf16 resolved to a CPU without native bf16 runs in 32-bit, with one warning (see
+        :mod:`jepa_lightning.precision`; ``JEPA_FORCE_CPU_BF16=1`` keeps bf16). The config is
+        changed before the trainer is built, so the saved ``config.yaml`` says what ran."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        fallback = cpu_precision_fallback(trainer.accelerator, trainer.precision)
+        if fallback is not None:
+            trainer.precision = fallback
 
 
 def main(args: list[str] | None = None, run: bool = True) -> JEPACLI:

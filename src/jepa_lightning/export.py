@@ -23,11 +23,18 @@ import torchvision
 from torch import Tensor, nn
 
 from jepa_lightning.evaluation.pretrained import EncoderChoice, load_pretrained, use_encoder
-from jepa_lightning.modules.masked_resnet import MaskedResNet, export_torchvision_state_dict
+from jepa_lightning.modules.masked_resnet import (
+    MaskedResNet,
+    export_torchvision_state_dict,
+    set_last_stride,
+)
 
 
 def torchvision_resnet(
-    arch: str = "resnet50", small_images: bool = False, num_classes: int | None = None
+    arch: str = "resnet50",
+    small_images: bool = False,
+    num_classes: int | None = None,
+    last_stride: int = 2,
 ) -> torchvision.models.ResNet:
     """The torchvision ResNet an exported backbone loads into (``strict=True``).
 
@@ -37,11 +44,13 @@ def torchvision_resnet(
             as the backbone was pretrained (total stride 8).
         num_classes: ``None`` replaces ``fc`` by ``Identity`` (the model returns the pooled
             features, exactly the evaluation features); an int puts a fresh linear head.
+        last_stride: Stride of ``layer4`` the backbone was pretrained with (default 2).
     """
     model: torchvision.models.ResNet = getattr(torchvision.models, arch)(weights=None)
     if small_images:
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()  # type: ignore[assignment]
+    set_last_stride(model, last_stride)
     width = model.fc.in_features
     model.fc = nn.Identity() if num_classes is None else nn.Linear(width, num_classes)  # type: ignore[assignment]
     return model
@@ -79,6 +88,7 @@ def export_backbone(
     return {
         "arch": backbone.arch,
         "small_images": backbone.small_images,
+        "last_stride": backbone.last_stride,
         "num_features": backbone.num_features,
         "encoder": encoder,
         "num_tensors": len(state),
@@ -98,6 +108,13 @@ def loading_recipe(info: dict[str, Any]) -> str:
             "# pretrained with small_images=True: 3x3/1 stem, no max-pool (total stride 8)",
             "model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)",
             "model.maxpool = nn.Identity()",
+        ]
+    if info.get("last_stride", 2) == 1:
+        lines += [
+            "# pretrained with last_stride=1: layer4 keeps the resolution",
+            "model.layer4[0].conv1.stride = model.layer4[0].downsample[0].stride = (1, 1)"
+            if info["arch"] in ("resnet18", "resnet34")
+            else "model.layer4[0].conv2.stride = model.layer4[0].downsample[0].stride = (1, 1)",
         ]
     lines += [
         "model.fc = nn.Identity()  # the export has no classifier; put your own head here",

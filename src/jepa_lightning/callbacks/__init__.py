@@ -13,10 +13,12 @@ from jepa_lightning.callbacks.metrics import (
     weighted_knn_predict,
 )
 from jepa_lightning.callbacks.online_probe import OnlineLinearProbe
+from jepa_lightning.callbacks.summary import FitSummary
 
 __all__ = [
     "CollapseMonitor",
     "EMAMomentumSchedule",
+    "FitSummary",
     "KNNMonitor",
     "MaskImageLogger",
     "OnlineLinearProbe",

@@ -1,5 +1,6 @@
 """DataModules and transforms."""
 
+from jepa_lightning.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from jepa_lightning.data.datamodule import (
     DigitsDataModule,
     ImageFolderDataModule,
@@ -16,6 +17,8 @@ from jepa_lightning.data.sampling import (
 from jepa_lightning.data.transforms import eval_transform, ssl_transform
 
 __all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
     "CheckedImageFolder",
     "DigitsDataModule",
     "EpochSampler",
