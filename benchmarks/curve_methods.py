@@ -128,7 +128,11 @@ def build_method(
     cli_args = [
         "--config", str(JEPA_CONFIGS[family][0]),
         "--trainer.accelerator", "cpu", "--trainer.precision", "32", "--trainer.logger", "false",
+        # The configs default to torchvision's CIFAR-10 files; the benchmark reads the JPEG
+        # tree of ../shared (every other data setting of the config carries over).
+        "--data", "jepa_lightning.ImageFolderDataModule",
         "--data.init_args.root", data["root"],
+        "--data.init_args.val_split", "test",
         "--data.init_args.batch_size", str(batch),
         "--data.init_args.num_workers", str(args.workers),
         "--data.init_args.persistent_workers", "false",

@@ -294,7 +294,8 @@ if [[ -n $DATA_DIR ]] && ((window >= 30)); then
   fit_t0=$(now)
   part 3-fit "$(cap $((window + 120)))" "$LOGS/part3_fit.log" \
     "${CLI[@]}" fit --config configs/cifar10_cnn_jepa_resnet18.yaml \
-    --data.init_args.root "$DATA_DIR" --trainer.max_time "$(hms "$window")" \
+    --data jepa_lightning.ImageFolderDataModule --data.init_args.root "$DATA_DIR" \
+    --data.init_args.val_split test --trainer.max_time "$(hms "$window")" \
     --trainer.max_epochs "$EPOCHS" --model.init_args.warmup_epochs 2 \
     --trainer.logger.init_args.save_dir "$WORK/runs" --trainer.enable_progress_bar false \
     "${FIT_EXTRA[@]}" &
@@ -332,7 +333,8 @@ if [[ -n $fit_pid ]]; then
   # ---------------------------------------------------------------- part 3: k-NN, both at once
   if [[ -n $CKPT && -f $CKPT ]]; then
     KNN=("${CLI[@]}" validate --config configs/eval/knn_cifar10.yaml
-      --data.init_args.root "$DATA_DIR" --trainer.enable_progress_bar false "${KNN_EXTRA[@]}")
+      --data jepa_lightning.ImageFolderDataModule --data.init_args.root "$DATA_DIR" \
+    --data.init_args.val_split test --trainer.enable_progress_bar false "${KNN_EXTRA[@]}")
     say "part 3-knn: the checkpoint's and a random encoder's k-NN, at once"
     knn_t0=$(now)
     limit=$(cap 150)
@@ -359,7 +361,8 @@ if ((ddp)) && [[ -n $DATA_DIR ]]; then
   rm -rf "$WORK/runs_ddp"
   part 4 "$(cap 150)" "$LOGS/part4_ddp.log" \
     "${CLI[@]}" fit --config configs/cifar10_cnn_jepa_resnet18.yaml \
-    --config benchmarks/gpu_check_ddp.yaml --data.init_args.root "$DATA_DIR" \
+    --config benchmarks/gpu_check_ddp.yaml --data jepa_lightning.ImageFolderDataModule --data.init_args.root "$DATA_DIR" \
+    --data.init_args.val_split test \
     --trainer.logger.init_args.save_dir "$WORK/runs_ddp" "${DDP_EXTRA[@]}"
   cp "$WORK"/runs_ddp/gpu_check_ddp/version_0/metrics.csv "$LOGS/part4_metrics.csv" 2>/dev/null
 elif ((ddp)); then

@@ -53,7 +53,7 @@ class StepTimer(pl.Callback):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--data", default=None, help="data.init_args.root for ImageFolder configs")
+    ap.add_argument("--data", default=None, help="ImageFolder root (train/, test/)")
     ap.add_argument("--train-batches", type=int, default=8)
     ap.add_argument("--val-batches", type=int, default=4)
     ap.add_argument("--bank-size", type=int, default=None, help="None = the whole train split")
@@ -68,8 +68,9 @@ def main() -> None:
         "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", tmp,
     ]  # fmt: skip
-    if args.data:
-        overrides += ["--data.init_args.root", args.data,
+    if args.data:  # an ImageFolder tree with train/ and test/ (e.g. ../shared's CIFAR-10 JPEGs)
+        overrides += ["--data", "jepa_lightning.ImageFolderDataModule",
+                      "--data.init_args.root", args.data, "--data.init_args.val_split", "test",
                       "--data.init_args.num_workers", str(args.workers)]  # fmt: skip
     cli = JEPACLI(pl.LightningModule, SSLDataModule, subclass_mode_model=True,
                   subclass_mode_data=True, args=["--config", args.config, *overrides],

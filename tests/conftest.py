@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -26,9 +28,35 @@ def _torch_threads() -> None:
     torch.set_num_threads(THREADS)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for in-process training: on 2 shared cores it spins least."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def check_gradients() -> Callable[[nn.Module], None]:
+    """``check(model)`` after a backward: every trainable parameter has a non-zero gradient, the
+    EMA target encoder's parameters none (and no ``requires_grad``)."""
+
+    def check(model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            if name.startswith("target_encoder"):
+                assert not p.requires_grad and p.grad is None, name
+            else:
+                assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient: {name}"
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ImageFolder tree (train/val/test, 2 classes, RGB/gray/RGBA PNGs of 40 px)."""
+    """A tiny ImageFolder tree (train/val/test, 2 classes, RGB/gray/RGBA PNGs of 40 px), and in
+    the same root a tiny CIFAR-10 in torchvision's format (``cifar-10-batches-py/``), so the
+    root serves configs of either DataModule."""
     root = tmp_path_factory.mktemp("imagefolder")
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 6), ("val", 3), ("test", 3)):
@@ -41,6 +69,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 img = Image.fromarray(arr.numpy())
                 mode = ("RGB", "L", "RGBA")[i % 3]
                 img.convert(mode).save(d / f"{i}.png")
+    write_cifar10(root)
     return root
 
 

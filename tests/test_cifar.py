@@ -157,20 +157,21 @@ def test_cli_fast_dev_run_on_tiny_cifar10(tiny_cifar10: tuple[Path, dict], tmp_p
     assert cli.trainer.callback_metrics["train/loss"].isfinite()
 
 
-def test_summary_evaluates_on_the_runs_cifar_data(
-    tiny_cifar10: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_summary_evaluates_on_the_runs_data(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """FitSummary's evaluation command for an ImageFolder config after a CIFAR10DataModule run
-    names the run's class and root, and parses as printed."""
-    root, _ = tiny_cifar10
+    """FitSummary's evaluation command for a CIFAR10DataModule config after an ImageFolder run
+    (the JPEG tree of ../shared) names the run's class, root and split folders, and parses as
+    printed into the data the run used."""
     cli = main(["--config", str(CONFIGS / "quickstart.yaml"),
-                "--data", "jepa_lightning.CIFAR10DataModule", "--data.init_args.root", str(root),
+                "--data", "jepa_lightning.ImageFolderDataModule",
+                "--data.init_args.root", str(image_folder), "--data.init_args.val_split", "test",
                 "--trainer.logger", "false"], run=False)  # fmt: skip
     cli.trainer.datamodule = cli.datamodule
     summary = FitSummary(eval_configs=["configs/eval/linear_cifar10.yaml"], export=False)
     text = summary.summary(cli.trainer, cli.model)
     line = next(x for x in text.splitlines() if "linear_cifar10" in x)
-    assert "--data jepa_lightning.CIFAR10DataModule" in line and str(root) in line
+    assert "--data jepa_lightning.ImageFolderDataModule" in line and str(image_folder) in line
     command = shlex.split(line)
     assert command[:3] == ["jepa-lightning", "fit", "--config"]
     command[3] = str(CONFIGS.parent / command[3])  # the test's working directory may differ
@@ -178,5 +179,6 @@ def test_summary_evaluates_on_the_runs_cifar_data(
         main([*command[1:], "--print_config"])
     assert exc.value.code == 0
     data = yaml.safe_load(capsys.readouterr().out)["data"]
-    assert data["class_path"] == "jepa_lightning.CIFAR10DataModule"
-    assert data["init_args"]["root"] == str(root)
+    assert data["class_path"] == "jepa_lightning.ImageFolderDataModule"
+    assert data["init_args"]["root"] == str(image_folder)
+    assert data["init_args"]["val_split"] == "test"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightly.models import utils as lightly_utils
+from torch import nn
 
-from jepa_lightning import CJEPA, IJEPA, DigitsDataModule, JEPAModule
+from jepa_lightning import CJEPA, IJEPA, DigitsDataModule
+from jepa_lightning.data.batch import split_batch
+from jepa_lightning.losses import VICRegTerms
 from jepa_lightning.masking import IJEPAMultiBlockMasking, PatchMasks
 from jepa_lightning.modules import ViTEncoder, ViTPredictor, sincos_pos_embed_2d
 
@@ -95,7 +100,8 @@ def test_loss_without_vicreg_equals_hand_written_ijepa(cls: type[CJEPA]) -> None
 
 
 def test_cjepa_loss_adds_weighted_vicreg_on_patch_means_of_two_views() -> None:
-    model = _model(vicreg_weight=0.01, sim_weight=2.0, std_weight=3.0, cov_weight=5.0)
+    terms = VICRegTerms(sim_weight=2.0, std_weight=3.0, cov_weight=5.0)
+    model = _model(vicreg_weight=0.01, vicreg=terms)
     views = torch.randn(6, 2, 3, 32, 32)
     model.mask_generator.manual_seed(9)
     out = model.shared_step(views)
@@ -126,7 +132,7 @@ def test_vicreg_branches_per_mode() -> None:
         model = _model(vicreg_mode=mode)
         masks = model.sample_masks(4)
         fwd = model.forward_masked(images, masks)
-        branches = model.vicreg_embeddings(fwd)
+        branches = model.vicreg_embeddings(fwd, masks, 1)
         assert len(branches) == count and all(z.shape == (4, 192) for z in branches)
         if mode == "encoders":
             torch.testing.assert_close(branches[1], model.embed(images))  # target patch mean
@@ -135,15 +141,13 @@ def test_vicreg_branches_per_mode() -> None:
 
 
 @pytest.mark.parametrize("mode", ["views", "encoders", "blocks"])
-def test_every_trainable_parameter_gets_a_gradient_and_the_target_none(mode: str) -> None:
+def test_every_trainable_parameter_gets_a_gradient_and_the_target_none(
+    mode: str, check_gradients: Callable[[nn.Module], None]
+) -> None:
     model = _model(vicreg_mode=mode)
     out = model.shared_step(torch.randn(4, 2, 3, 32, 32))
     out["loss"].backward()
-    for name, p in model.named_parameters():
-        if name.startswith("target_encoder"):
-            assert not p.requires_grad and p.grad is None, name
-        else:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient: {name}"
+    check_gradients(model)
     assert out["embedding"].shape == (4, 192) and not out["embedding"].requires_grad
     assert model.embed_dim == 192
 
@@ -159,11 +163,20 @@ def test_views_mode_needs_two_views_in_training_only() -> None:
 
 def test_split_batch_handles_lists_of_views() -> None:
     v1, v2, y = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4), torch.tensor([0, 1])
-    images, labels = JEPAModule.split_batch([[v1, v2], y])
+    images, labels = _model(vicreg_weight=0.0).split_batch([[v1, v2], y])
     assert images is v1 and labels is y  # single-view methods get the first view
-    stacked, _ = CJEPA.split_batch([[v1, v2], y])
+    stacked, _ = _model().split_batch([[v1, v2], y])
     assert stacked.shape == (2, 2, 3, 4, 4) and torch.equal(stacked[:, 1], v2)
-    assert CJEPA.split_batch(v1)[0] is v1 and JEPAModule.split_batch((v1, y))[0] is v1
+    assert _model().split_batch(v1)[0] is v1 and split_batch((v1, y))[0] is v1
+
+
+def test_old_vicreg_keys_are_deprecated_aliases_of_vicreg_terms() -> None:
+    with pytest.warns(DeprecationWarning, match="vicreg=VICRegTerms"):
+        old = _model(sim_weight=2.0, cov_weight=5.0, gather_distributed=False)
+    new = _model(vicreg=VICRegTerms(sim_weight=2.0, cov_weight=5.0, gather_distributed=False))
+    for key in ("sim_weight", "std_weight", "cov_weight", "eps", "gather_distributed"):
+        assert getattr(old.vicreg, key) == getattr(new.vicreg, key)
+    assert "sim_weight" not in old.hparams
 
 
 def test_datamodule_gives_two_independent_views_when_asked() -> None:

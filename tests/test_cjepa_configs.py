@@ -28,7 +28,7 @@ def _cfg(name: str) -> dict:
 
 def _data_args(name: str, image_folder: Path) -> list[str]:
     args = ["--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
-    if _cfg(name)["data"]["class_path"].endswith("ImageFolderDataModule"):
+    if _cfg(name)["data"]["class_path"].endswith(("ImageFolderDataModule", "CIFAR10DataModule")):
         args += ["--data.init_args.root", str(image_folder)]
     return args
 
@@ -56,7 +56,8 @@ def test_imagenet_config_is_the_paper_recipe() -> None:
     assert m["optimizer"]["init_args"]["weight_decay"] == 0.04 and m["final_weight_decay"] == 0.4
     assert (m["ema_start"], m["ema_end"], m["ema_schedule"]) == (0.996, 1.0, "linear")
     assert m["vicreg_weight"] == 0.001
-    assert (m["sim_weight"], m["std_weight"], m["cov_weight"]) == (25.0, 25.0, 1.0)
+    vicreg = m["vicreg"]["init_args"]
+    assert (vicreg["sim_weight"], vicreg["std_weight"], vicreg["cov_weight"]) == (25.0, 25.0, 1.0)
 
 
 @pytest.mark.slow

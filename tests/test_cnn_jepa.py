@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from jepa_lightning import CNNJEPA
 from jepa_lightning.losses import normalized_smooth_l1
@@ -49,16 +52,14 @@ def _tiny_module(**kwargs: object) -> CNNJEPA:
     return CNNJEPA(**kw)
 
 
-def test_gradients_reach_every_trainable_parameter_and_never_the_target() -> None:
+def test_gradients_reach_every_trainable_parameter_and_never_the_target(
+    check_gradients: Callable[[nn.Module], None],
+) -> None:
     torch.manual_seed(0)
     model = _tiny_module(masking=RandomMasking(0.5))
     out = model.shared_step(torch.randn(4, 3, 32, 32))
     out["loss"].backward()
-    for name, p in model.named_parameters():
-        if name.startswith("target_encoder"):
-            assert not p.requires_grad and p.grad is None, name
-        else:
-            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient: {name}"
+    check_gradients(model)
     assert out["embedding"].shape == (4, 512) and not out["embedding"].requires_grad
 
 
@@ -87,3 +88,24 @@ def test_masks_follow_seed_and_differ_between_steps() -> None:
     m1, m2 = a.sample_masks(8), b.sample_masks(8)
     assert torch.equal(m1.target, m2.target)
     assert not torch.equal(a.sample_masks(8).target, m1.target)
+
+
+def test_subclasses_cannot_override_shared_step() -> None:
+    with pytest.raises(TypeError, match="overrides shared_step"):
+
+        class Unsafe(CNNJEPA):  # would skip the view checks and channels-last conversion
+            def shared_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+                return {}
+
+
+def test_embed_is_features_without_gradients_and_use_encoder_keeps_both_encoders() -> None:
+    from jepa_lightning.evaluation import use_encoder
+
+    model = _tiny_module()
+    images = torch.randn(2, 3, 32, 32)
+    use_encoder(model, "context")
+    assert model.feature_encoder is model.context_encoder
+    assert model.target_encoder is not model.context_encoder  # nothing aliased
+    features = model.features(images)
+    assert features.requires_grad and not model.embed(images).requires_grad
+    torch.testing.assert_close(model.embed(images), features.detach())

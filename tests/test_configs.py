@@ -41,8 +41,9 @@ def _cfg(path: Path) -> dict:
 def _data_overrides(path: Path, image_folder: Path) -> list[str]:
     data = _cfg(path).get("data", {})
     args = ["--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0"]
+    if data.get("class_path", "").endswith(("ImageFolderDataModule", "CIFAR10DataModule")):
+        args += ["--data.init_args.root", str(image_folder)]  # holds both formats
     if data.get("class_path", "").endswith("ImageFolderDataModule"):
-        args += ["--data.init_args.root", str(image_folder)]
         split = data.get("init_args", {}).get("val_split", "val")
         assert (image_folder / split).is_dir()
     return args

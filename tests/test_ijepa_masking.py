@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jepa_lightning.masking import IJEPAMultiBlockMasking, PatchMasks
-from jepa_lightning.masking.ijepa import block_shape
+from jepa_lightning.masking.ijepa import block_shape_keep_area
 
 
 def _draw(grid: int, batch: int = 16, seed: int = 0, **kw: object) -> PatchMasks:
@@ -19,7 +19,7 @@ def _draw(grid: int, batch: int = 16, seed: int = 0, **kw: object) -> PatchMasks
 def _shapes(lo: float, hi: float, alo: float, ahi: float, grid: int) -> set[tuple[int, int]]:
     """Every block shape reachable with scale in [lo, hi] and aspect in [alo, ahi]."""
     return {
-        block_shape(lo + (hi - lo) * i / 200, alo + (ahi - alo) * j / 200, grid, grid)
+        block_shape_keep_area(lo + (hi - lo) * i / 200, alo + (ahi - alo) * j / 200, grid, grid)
         for i in range(201)
         for j in range(201)
     }
@@ -63,7 +63,7 @@ def test_target_blocks_are_rectangles_of_the_paper_scale_and_aspect() -> None:
     # Rounding keeps h within half a patch of sqrt(area * aspect) and the area within h / 2.
     for s in (0.15, 0.17, 0.2):
         for a in (0.75, 1.0, 1.5):
-            h, w = block_shape(s, a, grid, grid)
+            h, w = block_shape_keep_area(s, a, grid, grid)
             assert abs(h - math.sqrt(s * cells * a)) <= 0.5
             assert abs(h * w - s * cells) <= h / 2
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +44,6 @@ def _tiny_trainer(tmp_path: Path, **kwargs: Any) -> pl.Trainer:
 
 def _tiny_model(**kwargs: Any) -> CNNJEPA:
     return CNNJEPA(backbone="resnet18", small_images=True, image_size=32, **kwargs)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread for in-process training: on 2 shared cores it spins least."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------- data

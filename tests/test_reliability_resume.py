@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,6 @@ def _fit(out: Path, tag: str, *extra: str) -> subprocess.CompletedProcess[str]:
 def _records(out: Path, tag: str) -> list[dict[str, Any]]:
     lines = (out / f"records_{tag}_rank0.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread for in-process training: on 2 shared cores it spins least."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from jepa_lightning.callbacks import (
     MaskImageLogger,
     OnlineLinearProbe,
 )
+from jepa_lightning.checkpointing import AtomicCheckpointIO, CheckpointError
 from jepa_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -16,6 +17,7 @@ from jepa_lightning.data import (
     SSLDataModule,
 )
 from jepa_lightning.evaluation import FineTune, KNNEvaluation, LinearEvaluation, load_pretrained
+from jepa_lightning.faults import DistributedFailureReport
 from jepa_lightning.methods import CJEPA, CNNJEPA, IJEPA, JEPAModule
 
 __version__ = "0.1.0"
@@ -24,10 +26,13 @@ __all__ = [
     "CJEPA",
     "CNNJEPA",
     "IJEPA",
+    "AtomicCheckpointIO",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "CheckpointError",
     "CollapseMonitor",
     "DigitsDataModule",
+    "DistributedFailureReport",
     "EMAMomentumSchedule",
     "FineTune",
     "FitSummary",

@@ -3,11 +3,26 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+from typing import Any
+
 import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 import jepa_lightning.evaluation  # noqa: F401  (registers the evaluation modules as subclasses)
+from jepa_lightning import faults
+from jepa_lightning.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    CheckpointSpaceError,
+    check_config_fits,
+    check_fits,
+    read_checkpoint,
+)
 from jepa_lightning.data.datamodule import SSLDataModule
+from jepa_lightning.faults import DistributedFailureReport
 from jepa_lightning.precision import cpu_precision_fallback
 
 
@@ -29,6 +44,59 @@ class JEPACLI(LightningCLI):
         if fallback is not None:
             trainer.precision = fallback
 
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The trainer, writing checkpoints atomically (:class:`AtomicCheckpointIO`, unless a
+        ``CheckpointIO`` plugin was given) and reporting lost ranks
+        (:class:`DistributedFailureReport`)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(c, DistributedFailureReport) for c in trainer.callbacks):
+            trainer.callbacks.append(DistributedFailureReport())
+        return trainer
+
+    def _ckpt_path(self) -> str | None:
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path is None or str(path) in ("last", "best", "hpc", "registry") or "://" in str(path):
+            return None
+        return str(path)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, then check ``--ckpt_path`` before LightningCLI merges the checkpoint's
+        hyper-parameters into the config (which would silently swap the config's model for the
+        checkpoint's): one sentence naming the file if it is not a readable checkpoint, or was
+        trained with another method class or architecture than the config asks for."""
+        super().parse_arguments(parser, args)
+        path = self._ckpt_path()
+        if path is not None:
+            checkpoint = read_checkpoint(path, weights_only=True, mmap=True)
+            model = self.config[self.config["subcommand"]].get("model")
+            check_config_fits(checkpoint, path, model)
+
+    def _check_ckpt_path(self) -> None:
+        """Fail before training, with one sentence naming the file, if ``--ckpt_path``'s tensors
+        do not fit the model (nothing is written before this check)."""
+        path = self._ckpt_path()
+        if path is not None:
+            check_fits(read_checkpoint(path, weights_only=True, mmap=True), path, self.model)
+
+    def before_fit(self) -> None:
+        """Check ``--ckpt_path``."""
+        self._check_ckpt_path()
+
+    def before_validate(self) -> None:
+        """Check ``--ckpt_path``."""
+        self._check_ckpt_path()
+
+    def before_test(self) -> None:
+        """Check ``--ckpt_path``."""
+        self._check_ckpt_path()
+
+    def before_predict(self) -> None:
+        """Check ``--ckpt_path``."""
+        self._check_ckpt_path()
+
 
 def main(args: list[str] | None = None, run: bool = True) -> JEPACLI:
     """Entry point of ``jepa-lightning``; pass ``args`` to call it from Python or tests.
@@ -45,8 +113,17 @@ def main(args: list[str] | None = None, run: bool = True) -> JEPACLI:
 
 
 def run() -> None:
-    """Console-script entry point (``jepa-lightning``): exit status 0 on success."""
-    main()
+    """Console-script entry point (``jepa-lightning``): exit status 0 on success; 1 with one
+    line on stderr for an unusable checkpoint, a full checkpoint folder or a lost rank."""
+    try:
+        main()
+    except (CheckpointError, CheckpointSpaceError) as err:
+        sys.exit(f"jepa-lightning: error: {err}")
+    except Exception:
+        if faults.last_report is None:
+            raise
+        traceback.print_exc()
+        sys.exit(f"jepa-lightning: error: {faults.last_report}")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def export_backbone(
         ``output``: what the loading recipe needs.
     """
     module = load_pretrained(checkpoint, {"class_path": method} if method else None)
-    backbone = use_encoder(module, encoder).target_encoder
+    backbone = use_encoder(module, encoder).feature_encoder
     if not isinstance(backbone, MaskedResNet):
         raise TypeError(
             f"Export to torchvision supports ResNet backbones; {type(module).__name__}'s "

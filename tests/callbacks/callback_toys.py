@@ -31,16 +31,24 @@ class ToyJEPA(JEPAModule):
     def embed_dim(self) -> int:
         return self._dim
 
-    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
+    def sample_masks(self, batch_size: int) -> None:
+        return None  # no masks
+
+    def forward_masked(self, images: Tensor, masks: None) -> tuple[Tensor, Tensor]:
         prediction = self.context_encoder(images)  # (B, D)
         with torch.no_grad():
             target = self.target_encoder(images)  # (B, D)
-        loss = (prediction - target.roll(1, dims=1)).pow(2).mean()
-        return {"loss": loss, "embedding": target.detach()}
+        return prediction, target
 
-    @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        return self.target_encoder(images)
+    def loss(self, fwd: tuple[Tensor, Tensor], masks: None) -> dict[str, Tensor]:
+        prediction, target = fwd
+        return {"loss": (prediction - target.roll(1, dims=1)).pow(2).mean()}
+
+    def pooled_target(self, fwd: tuple[Tensor, Tensor]) -> Tensor:
+        return fwd[1]
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.feature_encoder(images)
 
     @torch.no_grad()
     def target_map(self, images: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from callback_toys import ToyData, ToyJEPA, quiet_trainer, sgd
 from ddp_monitors_script import N_TRAIN, N_VAL, run
 
 from jepa_lightning import CollapseMonitor, KNNMonitor
-from jepa_lightning.callbacks.knn import epoch_due
+from jepa_lightning.callbacks._features import epoch_due
 from jepa_lightning.callbacks.metrics import (
     feature_std,
     knn_accuracy,

@@ -24,7 +24,7 @@ def _base_args(path: Path, tmp_path: Path, image_folder: Path) -> list[str]:
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
-    if config["data"]["class_path"].endswith("ImageFolderDataModule"):
+    if config["data"]["class_path"].endswith(("ImageFolderDataModule", "CIFAR10DataModule")):
         args += ["--data.init_args.root", str(image_folder)]
     if config["data"]["init_args"].get("image_size", 0) > 128:  # ResNet-50 at 224 px: shrink
         args += ["--data.init_args.image_size", "128"]  # (a 4x4 mask grid at stride 32)

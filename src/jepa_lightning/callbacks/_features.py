@@ -11,9 +11,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from jepa_lightning.data.batch import split_batch
 
 # One cached embedding per module: several callbacks embed the same validation batch in the
 # same ``on_validation_batch_end``; the cache holds the batch's image tensor itself, so an
@@ -23,11 +26,10 @@ _EMBED_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Tensor, Tensor]] = (
 )
 
 
-def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """``images`` or ``(images, labels, ...)`` -> ``(images, labels | None)``."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    return batch[0], (batch[1] if len(batch) > 1 else None)
+def epoch_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """True on epochs 0, n, 2n, ... and on the last epoch of ``max_epochs``."""
+    epoch = trainer.current_epoch
+    return epoch % max(every_n_epochs, 1) == 0 or epoch + 1 == trainer.max_epochs
 
 
 @contextlib.contextmanager
@@ -158,6 +160,31 @@ class ValFeatures:
             rank, world = pl_module.trainer.global_rank, pl_module.trainer.world_size
             indices = torch.arange(self._seen) * world + rank
         return gather_unique(pl_module, features, labels.to(features.device), indices)
+
+
+class ValFeaturesMonitor(Callback):
+    """Base of the monitors that embed the whole validation split on epochs ``0, n, 2n, ...``
+    and the last (``every_n_epochs = n``): ``self._val`` collects the features of every
+    validation batch of a due epoch; subclasses read them in ``on_validation_epoch_end``."""
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        self.every_n_epochs = every_n_epochs
+        self._val = ValFeatures()
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and epoch_due(trainer, self.every_n_epochs):
+            self._val.start(trainer)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._val.add(trainer, pl_module, batch, dataloader_idx)
 
 
 def embed_dataset(

@@ -7,15 +7,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from jepa_lightning.callbacks._features import ValFeatures, eval_mode, split_batch
-from jepa_lightning.callbacks.knn import epoch_due
+from jepa_lightning.callbacks._features import ValFeaturesMonitor, eval_mode, split_batch
 from jepa_lightning.callbacks.metrics import feature_std, rankme, target_shares
 
 
-class CollapseMonitor(Callback):
+class CollapseMonitor(ValFeaturesMonitor):
     """Logs, per validation epoch, two label-free collapse indicators of ``pl_module.embed``
     on the validation split (gathered and de-duplicated across processes):
 
@@ -41,6 +39,15 @@ class CollapseMonitor(Callback):
         decomposition_batches: Validation batches (per process) whose target maps the shares
             are computed on (one extra target-encoder forward each); 0 disables them. Modules
             without a ``target_map`` method are skipped.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from jepa_lightning import CollapseMonitor
+        >>> monitor = CollapseMonitor(every_n_epochs=5)
+        >>> trainer = pl.Trainer(callbacks=[monitor], accelerator="cpu", logger=False)
+        >>> # trainer.fit(model, datamodule) logs collapse/rankme, collapse/feature_std, ...
+        >>> monitor.last_result  # filled after each monitored validation epoch
+        {}
     """
 
     def __init__(
@@ -50,18 +57,17 @@ class CollapseMonitor(Callback):
             raise ValueError("every_n_epochs must be >= 1")
         if decomposition_batches < 0:
             raise ValueError("decomposition_batches must be >= 0")
-        self.every_n_epochs = every_n_epochs
+        super().__init__(every_n_epochs)
         self.eps = eps
         self.decomposition_batches = decomposition_batches
-        self._val = ValFeatures()
         self._unit_sum: Tensor | None = None  # (C, h, w) sum of unit target vectors
         self._count = 0
         self.last_result: dict[str, float] = {}
         """``rankme``, ``feature_std``, ``num_samples`` and the target shares of the last run."""
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and epoch_due(trainer, self.every_n_epochs):
-            self._val.start(trainer)
+        super().on_validation_epoch_start(trainer, pl_module)
+        if self._val.active:
             self._unit_sum, self._count = None, 0
 
     def on_validation_batch_end(
@@ -73,7 +79,8 @@ class CollapseMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._val.add(trainer, pl_module, batch, dataloader_idx)
+        args = (trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        super().on_validation_batch_end(*args)
         take = batch_idx < self.decomposition_batches and dataloader_idx == 0
         if self._val.active and take and self._has_maps(pl_module):
             images, _ = split_batch(batch)

@@ -37,6 +37,12 @@ class EMAMomentumSchedule(Callback):
         start: Momentum at the first step (paper: 0.996).
         end: Momentum at the last step (paper: 1.0).
         schedule: ``cosine`` (CNN-JEPA), ``linear`` (I-JEPA reference) or ``constant``.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from jepa_lightning import EMAMomentumSchedule
+        >>> ema = EMAMomentumSchedule(start=0.996, end=1.0, schedule="linear")  # I-JEPA's ramp
+        >>> trainer = pl.Trainer(callbacks=[ema], accelerator="cpu", logger=False)
     """
 
     def __init__(

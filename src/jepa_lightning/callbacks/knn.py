@@ -8,23 +8,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from jepa_lightning.callbacks._features import ValFeatures, embed_dataset
+from jepa_lightning.callbacks._features import ValFeaturesMonitor, embed_dataset
 from jepa_lightning.callbacks.metrics import knn_accuracy
 
 log = logging.getLogger(__name__)
 
 
-def epoch_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
-    """True on epochs 0, n, 2n, ... and on the last epoch of ``max_epochs``."""
-    epoch = trainer.current_epoch
-    return epoch % max(every_n_epochs, 1) == 0 or epoch + 1 == trainer.max_epochs
-
-
-class KNNMonitor(Callback):
+class KNNMonitor(ValFeaturesMonitor):
     """k-NN classification accuracy of ``pl_module.embed`` (for JEPAs: the EMA target encoder,
     average-pooled), the CNN-JEPA paper's protocol: cosine similarity, ``k = 200`` neighbours
     voting with weight ``exp(sim / τ)``, ``τ = 0.1``. Logs ``knn/top1`` and ``knn/top5``.
@@ -57,6 +50,13 @@ class KNNMonitor(Callback):
         seed: Seed of the bank subset.
         query_chunk: Validation features compared with the bank at once.
         bank_chunk: Bank features compared at once.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from jepa_lightning import KNNMonitor
+        >>> monitor = KNNMonitor(k=20, every_n_epochs=5, max_bank_size=10_000)
+        >>> trainer = pl.Trainer(callbacks=[monitor], accelerator="cpu", logger=False)
+        >>> # trainer.fit(model, datamodule) logs knn/top1 and knn/top5 every 5 epochs
     """
 
     def __init__(
@@ -72,15 +72,14 @@ class KNNMonitor(Callback):
     ) -> None:
         if k < 1 or temperature <= 0 or every_n_epochs < 1:
             raise ValueError("k and every_n_epochs must be >= 1 and temperature > 0")
+        super().__init__(every_n_epochs)
         self.k = k
         self.temperature = temperature
-        self.every_n_epochs = every_n_epochs
         self.max_bank_size = max_bank_size
         self.num_classes = num_classes
         self.seed = seed
         self.query_chunk = query_chunk
         self.bank_chunk = bank_chunk
-        self._val = ValFeatures()
         self._warned = False
         self.last_result: dict[str, float] = {}
         """``top1``, ``top5``, ``bank_size``, ``num_queries`` and ``seconds`` of the last run."""
@@ -97,21 +96,6 @@ class KNNMonitor(Callback):
                 self._warned = True
             return None
         return fn()
-
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and epoch_due(trainer, self.every_n_epochs):
-            self._val.start(trainer)
-
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._val.add(trainer, pl_module, batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._val.active:

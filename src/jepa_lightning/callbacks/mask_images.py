@@ -13,8 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from jepa_lightning.callbacks._features import eval_mode, split_batch
-from jepa_lightning.callbacks.knn import epoch_due
+from jepa_lightning.callbacks._features import epoch_due, eval_mode, split_batch
 
 _TARGET_RGB = (1.0, 0.15, 0.1)
 _LOW_RGB = (0.15, 0.3, 1.0)  # similarity -1
@@ -88,6 +87,13 @@ class MaskImageLogger(Callback):
         num_images: Number of images (rows) from the first validation batch.
         min_size: Upscale panels (nearest) to at least this height in pixels.
         tag: TensorBoard image tag.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from jepa_lightning import MaskImageLogger
+        >>> logger = MaskImageLogger(num_images=4, every_n_epochs=10)
+        >>> trainer = pl.Trainer(callbacks=[logger], accelerator="cpu", logger=False)
+        >>> # with a TensorBoard logger, trainer.fit(...) writes the pictures every 10 epochs
     """
 
     def __init__(

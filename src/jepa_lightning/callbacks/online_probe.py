@@ -104,6 +104,13 @@ class OnlineLinearProbe(Callback):
             the probe learn far more slowly (measured on the quickstart after one epoch:
             17 % vs 79 % validation top-1 after 22 steps at lr 1e-3).
         seed: Seed of the probe's initial weights.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from jepa_lightning import OnlineLinearProbe
+        >>> probe = OnlineLinearProbe()  # num_classes / embed_dim from DataModule and model
+        >>> trainer = pl.Trainer(callbacks=[probe], accelerator="cpu", logger=False)
+        >>> # trainer.fit(model, datamodule) logs probe/train_loss and probe/val_top1
     """
 
     def __init__(

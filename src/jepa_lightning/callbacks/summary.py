@@ -54,12 +54,21 @@ class FitSummary(Callback):
     Args:
         eval_configs: Evaluation configs to suggest (e.g. ``configs/eval/linear_digits.yaml``),
             in order. Configs whose model is a ``KNNEvaluation`` get ``validate``, the others
-            ``fit``. When the run's DataModule has a ``root``, it is filled in, with
-            ``--data <class>`` when the config names another DataModule class (e.g. an
-            ImageFolder config after a ``CIFAR10DataModule`` run). Empty: a generic hint.
+            ``fit``. When the run's DataModule has a ``root``, it is filled in (with an
+            ImageFolder's split names), and ``--data <class>`` when the config names another
+            DataModule class (e.g. a CIFAR-10 config after an ImageFolder run). Empty: a
+            generic hint.
         loss_key: The logged training loss (its ``_epoch`` variant gives the epoch means).
         export: Print the ``jepa-lightning-export`` command: ``None`` for CNN methods only
             (the export writes a torchvision ResNet state dict).
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from jepa_lightning import FitSummary
+        >>> summary = FitSummary(eval_configs=["configs/eval/linear_digits.yaml"])
+        >>> trainer = pl.Trainer(callbacks=[summary], accelerator="cpu", logger=False)
+        >>> # after trainer.fit(...): checkpoint and log paths, first/last loss and k-NN, and
+        >>> # the evaluation command with the checkpoint filled in (summary.text keeps it)
     """
 
     def __init__(
@@ -200,6 +209,9 @@ class FitSummary(Callback):
                 if _class_name(spec.get("data", {}).get("class_path")) != type(data).__name__:
                     command += f" --data {_class_path(type(data))}"
                 command += f" --data.init_args.root {q(str(root))}"
+                for key in ("train_split", "val_split"):  # an ImageFolder's folder names
+                    if getattr(data, key, None) is not None:
+                        command += f" --data.init_args.{key} {q(str(getattr(data, key)))}"
             commands.append(f"{command} --model.init_args.checkpoint {q(ckpt)}")
         return commands
 

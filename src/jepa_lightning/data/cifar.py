@@ -68,6 +68,14 @@ class CIFAR10DataModule(SSLDataModule):
         mean: Normalisation mean (CIFAR-10's).
         std: Normalisation standard deviation (CIFAR-10's).
         **kwargs: Further options of :class:`SSLDataModule` (``batch_size``, ``num_views``, ...).
+
+    Example:
+        >>> from jepa_lightning import CIFAR10DataModule
+        >>> data = CIFAR10DataModule(root="/no/such/folder", batch_size=256, num_views=2)
+        >>> data.folder.as_posix(), data.num_classes
+        ('/no/such/folder/cifar-10-batches-py', 10)
+        >>> len(data.missing_files())  # setup() would fail naming the folder and the flag
+        7
     """
 
     num_classes = 10
@@ -161,6 +169,11 @@ class CIFAR100DataModule(CIFAR10DataModule):
         mean: Normalisation mean (CIFAR-100's).
         std: Normalisation standard deviation (CIFAR-100's).
         **kwargs: Further options of :class:`SSLDataModule`.
+
+    Example:
+        >>> from jepa_lightning import CIFAR100DataModule
+        >>> CIFAR100DataModule(root="data", download=False).folder.as_posix()
+        'data/cifar-100-python'
     """
 
     num_classes = 100

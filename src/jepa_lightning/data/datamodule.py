@@ -62,6 +62,11 @@ class SSLDataModule(pl.LightningDataModule):
         num_views: Independently augmented views per training image. With ``1`` the SSL
             training set yields ``(image, label)``; with ``n > 1`` it yields
             ``([view_1, ..., view_n], label)`` (C-JEPA's two-view VICReg reading).
+
+    Example:
+        >>> from jepa_lightning import DigitsDataModule, SSLDataModule
+        >>> issubclass(DigitsDataModule, SSLDataModule)  # subclasses implement build_datasets
+        True
     """
 
     num_classes: int
@@ -120,22 +125,20 @@ class SSLDataModule(pl.LightningDataModule):
         if self.train_ssl is None:
             self.train_ssl, self.train_eval, self.val = self.build_datasets()
 
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+    def _eval_loader(self, dataset: Dataset | None) -> DataLoader:
+        """In order, every sample (no shuffling, no dropped last batch)."""
         assert dataset is not None, "setup() builds the datasets"
-        if train:
-            return self._train_loader(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
 
-    def _train_loader(self, dataset: Dataset) -> DataLoader:
+    def _train_loader(self, dataset: Dataset | None) -> DataLoader:
         """Seeded, sharded and resumable (see :mod:`jepa_lightning.data.sampling`)."""
+        assert dataset is not None, "setup() builds the datasets"
         loader = resumable_train_loader(
             dataset,
             self.batch_size,
@@ -159,16 +162,16 @@ class SSLDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_ssl, train=True)
+        return self._train_loader(self.train_ssl)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.val, train=False)
+        return self._eval_loader(self.val)
 
     def train_eval_dataloader(self) -> DataLoader:
         """The labelled training split with the evaluation transform, in a fixed order."""
         self.setup()
-        return self._loader(self.train_eval, train=False)
+        return self._eval_loader(self.train_eval)
 
 
 class DigitsDataModule(SSLDataModule):
@@ -184,6 +187,14 @@ class DigitsDataModule(SSLDataModule):
         eval_resize_ratio: Evaluation resize side = ``image_size ×`` this, then centre crop;
             1.0 (the whole digit: the 8×8 images have no border to spare).
         **kwargs: Further options of :class:`SSLDataModule`.
+
+    Example:
+        >>> from jepa_lightning import DigitsDataModule
+        >>> data = DigitsDataModule(image_size=32, batch_size=8, num_views=2)
+        >>> data.setup()
+        >>> views, labels = next(iter(data.train_dataloader()))
+        >>> len(views), views[0].shape, labels.shape
+        (2, torch.Size([8, 3, 32, 32]), torch.Size([8]))
     """
 
     num_classes = 10
@@ -243,6 +254,12 @@ class ImageFolderDataModule(SSLDataModule):
         on_bad_image: A file that cannot be decoded (corrupt, truncated): ``raise`` an error
             naming it, or ``skip`` it with a warning naming it (the next image takes its place).
         **kwargs: Options of :class:`SSLDataModule` (``image_size``, ``batch_size``, ...).
+
+    Example:
+        >>> from jepa_lightning import ImageFolderDataModule
+        >>> data = ImageFolderDataModule(root="/data/imagenet", image_size=224, batch_size=128)
+        >>> data.root.name  # <root>/train and <root>/val are read by setup()
+        'imagenet'
     """
 
     def __init__(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -40,6 +41,29 @@ def train_position(trainer: Any) -> tuple[int, int]:
     if done >= trainer.num_training_batches:  # e.g. saved at the last batch or at epoch end
         return epochs.completed + 1, 0
     return epochs.completed, done
+
+
+def warn_if_run_shape_changed(state: dict[str, int], batch_size: int, world_size: int) -> bool:
+    """Warn (once, on rank 0) if a run resumes a data position saved with another batch size or
+    number of processes; returns whether it did.
+
+    The position is kept in images — nothing is seen twice — but the batches are
+    composed differently from the run that wrote the checkpoint, so the continuation is not
+    that run's bit for bit.
+    """
+    old_batch, old_world = state.get("batch_size"), state.get("world_size")
+    if old_batch is None or old_world is None or (old_batch, old_world) == (batch_size, world_size):
+        return False
+    consumed = state.get("batches", 0) * old_batch * old_world
+    rank_zero_warn(
+        f"Resuming with batch size {batch_size} x {world_size} process(es) where the checkpoint "
+        f"was written with {old_batch} x {old_world}: the data position is kept in images "
+        f"({consumed} of epoch {state.get('epoch', 0)} consumed; nothing is seen twice), but "
+        "batches are composed differently from the interrupted run, so the run "
+        "does not continue it bit for bit, and an epoch has another number of steps.",
+        category=UserWarning,
+    )
+    return True
 
 
 class SeededDataset(Dataset):
@@ -125,6 +149,7 @@ class ResumableDataLoader(DataLoader):
         if not state or not isinstance(sampler, EpochSampler) or state == self._applied:
             return
         self._applied = dict(state)
+        warn_if_run_shape_changed(state, int(self.batch_size or 1), sampler.num_replicas)
         sampler.seed = state["seed"]
         consumed = state["batches"] * state["batch_size"] * state["world_size"]  # global samples
         size = len(self.dataset)  # type: ignore[arg-type]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from jepa_lightning.data.batch import split_batch
 from jepa_lightning.evaluation.pretrained import (
     EncoderChoice,
     EvaluationModule,
@@ -17,18 +17,19 @@ from jepa_lightning.evaluation.pretrained import (
     accuracy_metrics,
 )
 from jepa_lightning.methods.base import JEPAModule
-from jepa_lightning.schedules import warmup_cosine
+from jepa_lightning.methods.optim import warmup_cosine_lr
 
 
 class FineTune(EvaluationModule):
     """Fine-tune the pretrained encoder (EMA target by default) end to end with a linear head.
 
-    The features are the method's own :meth:`~JEPAModule.embed` (the encoder, average-pooled),
-    computed with gradients; only the chosen encoder is trained (the predictor and the other
-    encoder stay frozen and unused). Training images come from the DataModule's
-    ``train_dataloader`` — for the shipped DataModules RandomResizedCrop + horizontal flip,
-    i.e. the standard supervised augmentation (``crop_scale``/``hflip`` are DataModule
-    options) — with their labels; validation uses ``val_dataloader`` (resize, centre crop).
+    The features are the method's own :meth:`~JEPAModule.features` (the encoder,
+    average-pooled, with gradients; what ``embed`` computes without them); only the chosen
+    encoder is trained (the predictor and the other encoder stay frozen and unused). Training
+    images come from the DataModule's ``train_dataloader`` — for the shipped DataModules
+    RandomResizedCrop + horizontal flip, i.e. the standard supervised augmentation
+    (``crop_scale``/``hflip`` are DataModule options) — with their labels; validation uses
+    ``val_dataloader`` (resize, centre crop).
     Logs ``train/loss``, ``val/loss``, ``val/top1`` and ``val/top5``.
 
     Learning rates: ``lr`` for the head, ``backbone_lr`` for the encoder (per parameter group;
@@ -48,6 +49,16 @@ class FineTune(EvaluationModule):
             augmented images).
         warmup_epochs: Linear warm-up length in epochs (fractions allowed).
         label_smoothing: Label smoothing of the cross-entropy.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning import FineTune
+        >>> spec = {"class_path": "jepa_lightning.CNNJEPA",
+        ...         "init_args": {"backbone": "resnet18", "small_images": True}}
+        >>> model = FineTune(method=spec, image_size=32, num_classes=10)
+        >>> logits = model(torch.randn(2, 3, 32, 32))  # (B, num_classes), with gradients
+        >>> logits.shape, logits.requires_grad
+        (torch.Size([2, 10]), True)
     """
 
     def __init__(
@@ -80,8 +91,8 @@ class FineTune(EvaluationModule):
 
     @property
     def encoder(self) -> nn.Module:
-        """The encoder being fine-tuned: what ``embed`` runs on (see ``use_encoder``)."""
-        return self.pretrained.target_encoder
+        """The encoder being fine-tuned: what ``features`` runs on (see ``use_encoder``)."""
+        return self.pretrained.feature_encoder
 
     def _build_head(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -94,11 +105,9 @@ class FineTune(EvaluationModule):
             self._build_head(self.num_classes_from_data(self.num_classes))
 
     def features(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W) -> (B, D)``: the method's ``embed`` with gradients."""
-        fn = type(self.pretrained).embed
-        # embed() is usually decorated with @torch.no_grad(); fine-tuning needs its gradients.
-        fn = getattr(fn, "__wrapped__", fn)
-        return fn(self.pretrained, images)
+        """``(B, 3, H, W) -> (B, D)``: the method's :meth:`~JEPAModule.features` (what its
+        ``embed`` computes without gradients), with gradients."""
+        return self.pretrained.features(images)
 
     def forward(self, images: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> logits ``(B, C)``."""
@@ -106,7 +115,7 @@ class FineTune(EvaluationModule):
         return self.head(self.features(images))
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images, labels = JEPAModule.split_batch(batch)
+        images, labels = split_batch(batch)
         if labels is None:
             raise ValueError("Fine-tuning needs labelled batches (images, labels).")
         loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
@@ -114,7 +123,7 @@ class FineTune(EvaluationModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        images, labels = JEPAModule.split_batch(batch)
+        images, labels = split_batch(batch)
         assert labels is not None
         logits = self(images)  # (B, C)
         n = labels.shape[0]
@@ -140,20 +149,4 @@ class FineTune(EvaluationModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
-        trainer = self.trainer
-        total = int(trainer.estimated_stepping_batches)
-        if trainer.train_dataloader is None:  # max_steps without max_epochs: not loaded yet
-            trainer.fit_loop.setup_data()
-        batches = trainer.num_training_batches
-        accumulate = trainer.accumulate_grad_batches
-        steps_per_epoch = math.ceil(batches / accumulate) if math.isfinite(batches) else total
-        warmup = round(self.warmup_epochs * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            return warmup_cosine(step, total, warmup, 0.0, 1.0, 0.0)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
-        }
+        return warmup_cosine_lr(self.trainer, optimizer, self.warmup_epochs)

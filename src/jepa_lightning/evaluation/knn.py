@@ -33,6 +33,15 @@ class KNNEvaluation(EvaluationModule):
         max_bank_size: Use a fixed random subset of this many training images as the bank;
             ``None`` uses them all.
         num_classes: Number of classes; ``None`` reads the DataModule's.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning import CNNJEPA, KNNEvaluation
+        >>> model = CNNJEPA(backbone="resnet18", small_images=True, image_size=32)
+        >>> knn = KNNEvaluation(method=model, k=20)  # a module from Python is used as it is
+        >>> knn.embed(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 512])
+        >>> # trainer.validate(knn, datamodule); knn.result["top1"]
     """
 
     def __init__(

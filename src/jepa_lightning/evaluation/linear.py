@@ -74,6 +74,16 @@ class LinearEvaluation(EvaluationModule):
             so the classifier stays linear in the features).
         knn_k: Neighbours of the k-NN accuracy on the cached features (0 disables it).
         knn_temperature: Temperature of the k-NN vote weights.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning import LinearEvaluation
+        >>> spec = {"class_path": "jepa_lightning.CNNJEPA",
+        ...         "init_args": {"backbone": "resnet18", "small_images": True}}
+        >>> probe = LinearEvaluation(method=spec, image_size=32, num_classes=10)  # random init
+        >>> probe.embed(torch.randn(2, 3, 32, 32)).shape  # frozen features of the probe
+        torch.Size([2, 512])
+        >>> # from a checkpoint: LinearEvaluation(checkpoint="last.ckpt"), then trainer.fit
     """
 
     def __init__(

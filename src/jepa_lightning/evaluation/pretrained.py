@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+from argparse import ArgumentError
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -19,11 +20,8 @@ from lightning.pytorch.cli import instantiate_module
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from jepa_lightning.methods.base import JEPAModule
-
-#: Which encoder of the method to evaluate: the EMA ``target`` (the paper's protocol) or the
-#: online ``context`` encoder.
-EncoderChoice = Literal["target", "context"]
+from jepa_lightning.checkpointing import CheckpointError, read_checkpoint
+from jepa_lightning.methods.base import EncoderChoice, JEPAModule
 
 #: ``{"class_path": "jepa_lightning.CNNJEPA", "init_args": {...}}``, as in a training config.
 MethodSpec = dict[str, Any]
@@ -50,8 +48,11 @@ def checkpoint_class_path(checkpoint: str | Path) -> str | None:
     """The method class a checkpoint was trained with, when the CLI wrote it, else ``None``.
 
     Reads only the hyper-parameters (memory-mapped, weights not loaded).
+
+    Raises:
+        CheckpointError: The file is damaged or not a Lightning checkpoint (one sentence).
     """
-    ckpt = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+    ckpt = read_checkpoint(checkpoint, weights_only=True, mmap=True)
     hparams = ckpt.get("hyper_parameters") or {}
     return hparams.get("_class_path")
 
@@ -68,6 +69,10 @@ def load_pretrained(checkpoint: str | Path, method: MethodSpec | None = None) ->
 
     Returns:
         The method with its trained weights (both encoders, EMA target included).
+
+    Raises:
+        CheckpointError: The file is damaged, not a Lightning checkpoint, or not one of the
+            named method (one sentence naming the file; nothing is written).
     """
     path = Path(checkpoint).expanduser()
     if not path.is_file():
@@ -79,8 +84,20 @@ def load_pretrained(checkpoint: str | Path, method: MethodSpec | None = None) ->
             "`jepa-lightning fit`). Name it: method={'class_path': 'jepa_lightning.CNNJEPA'} "
             "(--model.init_args.method.class_path on the command line)."
         )
-    cls = _method_class(class_path)
-    module = cls.load_from_checkpoint(path, map_location="cpu")
+    try:
+        cls = _method_class(class_path)
+    except TypeError as err:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is not a pretraining checkpoint: {err}"
+        ) from err
+    try:
+        module = cls.load_from_checkpoint(path, map_location="cpu")
+    except (RuntimeError, TypeError, KeyError, ValueError, ArgumentError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} does not load as a {cls.__name__} (it holds another "
+            f"method or architecture): {first}"
+        ) from err
     return module.eval()
 
 
@@ -101,17 +118,15 @@ def build_method(method: MethodSpec, image_size: int | None = None) -> JEPAModul
 
 
 def use_encoder(module: JEPAModule, encoder: EncoderChoice) -> JEPAModule:
-    """Make ``module.embed`` run on the chosen encoder.
+    """Make ``module.features`` and ``module.embed`` run on the chosen encoder (in place).
 
-    ``"target"`` leaves the module as it is. ``"context"`` puts the context encoder in the
-    target encoder's place (the same object under both names), so :meth:`embed`, which every
-    method computes with its target encoder, then uses the context encoder. Only for evaluation:
-    the EMA pairing is meaningless afterwards.
+    Sets :attr:`JEPAModule.features_from`; both encoders stay what they are (training,
+    the EMA pairs and ``target_map`` are unchanged), :attr:`JEPAModule.feature_encoder` is the
+    chosen one.
     """
-    if encoder == "context":
-        module.target_encoder = module.context_encoder
-    elif encoder != "target":
+    if encoder not in ("target", "context"):
         raise ValueError(f"encoder must be 'target' or 'context', got {encoder!r}.")
+    module.features_from = encoder
     return module
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def layer_norm_targets(tokens: Tensor) -> Tensor:
@@ -18,8 +18,9 @@ def ijepa_loss(prediction: Tensor, target: Tensor) -> Tensor:
     patch of every block and image and over channels (the reference's
     ``F.smooth_l1_loss(z, h)``).
 
-    NOTE: the I-JEPA paper writes the loss as a squared L2 distance; its reference code (and
-    DESIGN §3) use smooth-L1, which we follow.
+    NOTE: the I-JEPA paper (Assran et al., 2023, §3) writes the loss as a squared L2
+    distance; its reference code (facebookresearch/ijepa, ``src/train.py``) uses smooth-L1,
+    which we follow (``docs/c_jepa.md``).
 
     Args:
         prediction: ``(B, n_blocks, Nt, D)`` predictor outputs.
@@ -30,10 +31,3 @@ def ijepa_loss(prediction: Tensor, target: Tensor) -> Tensor:
         Scalar loss (float32).
     """
     return F.smooth_l1_loss(prediction.float(), target.float(), beta=1.0)
-
-
-class IJEPALoss(nn.Module):
-    """Module wrapper of :func:`ijepa_loss`."""
-
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return ijepa_loss(prediction, target)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 TargetNorm = Literal["none", "layer", "batch", "batch_position"]
 
@@ -65,10 +65,3 @@ def normalized_smooth_l1(prediction: Tensor, target: Tensor, cells: Tensor) -> T
     per_cell = F.smooth_l1_loss(p, t, beta=1.0, reduction="none").sum(dim=1)  # (B, h, w)
     w = cells.to(per_cell.dtype)
     return (per_cell * w).sum() / w.sum().clamp_min(1.0)
-
-
-class NormalizedSmoothL1Loss(nn.Module):
-    """Module wrapper of :func:`normalized_smooth_l1`."""
-
-    def forward(self, prediction: Tensor, target: Tensor, cells: Tensor) -> Tensor:
-        return normalized_smooth_l1(prediction, target, cells)

@@ -30,21 +30,6 @@ def gather_batch(z: Tensor, dim: int = 0) -> Tensor:
     return torch.cat(gather(z.contiguous()), dim=dim)
 
 
-def invariance_term(z_a: Tensor, z_b: Tensor) -> Tensor:
-    """``mean((z_a − z_b)²)`` over ``(B, D)``: VICReg's invariance ``s(Z, Z')``."""
-    return invariance_loss(z_a, z_b)
-
-
-def variance_term(z: Tensor, eps: float = 1e-4) -> Tensor:
-    """Hinge on the per-dimension std of ``z (B, D)``: VICReg's ``v(Z)`` (target std 1)."""
-    return variance_loss(z, eps=eps)
-
-
-def covariance_term(z: Tensor) -> Tensor:
-    """Sum of squared off-diagonal covariances of ``z (B, D)`` divided by ``D``: ``c(Z)``."""
-    return covariance_loss(z)
-
-
 class VICRegOutput(NamedTuple):
     """The weighted sum and the unweighted terms (0-dim float32 tensors)."""
 
@@ -68,9 +53,10 @@ class VICRegTerms(nn.Module):
 
     ``loss = sim_weight · invariance + std_weight · variance + cov_weight · covariance`` with
 
-    * ``invariance`` — mean over branch pairs of :func:`invariance_term` (0 for one branch);
-    * ``variance`` — mean over branches of :func:`variance_term` (on the global batch);
-    * ``covariance`` — sum over branches of :func:`covariance_term` (on the global batch).
+    * ``invariance`` — mean over branch pairs of lightly's ``invariance_loss`` (0 for one
+      branch);
+    * ``variance`` — mean over branches of lightly's ``variance_loss`` (on the global batch);
+    * ``covariance`` — sum over branches of lightly's ``covariance_loss`` (on the global batch).
 
     For two branches this is exactly VICReg's loss as its reference code and lightly's
     ``VICRegLoss`` compute it (variance averaged, covariance summed over the two branches).
@@ -113,13 +99,13 @@ class VICRegTerms(nn.Module):
                 raise ValueError("VICReg's variance needs at least 2 samples per batch")
             pairs = list(combinations(range(len(embeddings)), 2))
             invariance = (
-                torch.stack([invariance_term(zs[i], zs[j]) for i, j in pairs]).mean()
+                torch.stack([invariance_loss(zs[i], zs[j]) for i, j in pairs]).mean()
                 if pairs
                 else zs.new_zeros(())
             )
             full = gather_batch(zs, dim=1) if self.gather_distributed else zs  # (n, W·B, D)
-            variance = torch.stack([variance_term(z, self.eps) for z in full]).mean()
-            covariance = torch.stack([covariance_term(z) for z in full]).sum()
+            variance = torch.stack([variance_loss(z, eps=self.eps) for z in full]).mean()
+            covariance = torch.stack([covariance_loss(z) for z in full]).sum()
             loss = (
                 self.sim_weight * invariance
                 + self.std_weight * variance

@@ -56,6 +56,19 @@ def _uniform(low: float, high: float, generator: torch.Generator | None, n: int 
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
+def block_shape_rounded_sides(
+    scale: float, aspect: float, height: int, width: int
+) -> tuple[int, int]:
+    """Block ``(h, w)`` in cells for a scale and aspect ratio, clipped to the grid: each side
+    rounded on its own, ``h = round(√(area · aspect))``, ``w = round(√(area / aspect))``, as
+    the CNN-JEPA and I-JEPA reference samplers do. (The ViT masking rounds ``w`` from the area
+    instead: :func:`~jepa_lightning.masking.ijepa.block_shape_keep_area`.)"""
+    area = scale * height * width
+    h = max(1, min(height, round(math.sqrt(area * aspect))))
+    w = max(1, min(width, round(math.sqrt(area / aspect))))
+    return h, w
+
+
 class MultiBlockMasking(MaskGenerator):
     """I-JEPA-style multi-block masking as used by CNN-JEPA.
 
@@ -102,13 +115,6 @@ class MultiBlockMasking(MaskGenerator):
         self.min_context = min_context
         self.shared_shape = shared_shape
 
-    def block_shape(self, scale: float, aspect: float, height: int, width: int) -> tuple[int, int]:
-        """Block height and width (in cells) for a scale and aspect ratio, clipped to the grid."""
-        area = scale * height * width
-        h = max(1, min(height, round(math.sqrt(area * aspect))))
-        w = max(1, min(width, round(math.sqrt(area / aspect))))
-        return h, w
-
     def sample_shapes(
         self, height: int, width: int, generator: torch.Generator | None = None
     ) -> list[tuple[int, int]]:
@@ -122,13 +128,13 @@ class MultiBlockMasking(MaskGenerator):
             scales = _uniform(*self.block_scale, generator, n)
             aspects = _uniform(*self.aspect_ratio, generator, n)
         return [
-            self.block_shape(float(s), float(a), height, width)
+            block_shape_rounded_sides(float(s), float(a), height, width)
             for s, a in zip(scales, aspects, strict=True)
         ]
 
     def validate_grid(self, height: int, width: int) -> None:
-        h, w = self.block_shape(self.block_scale[1], self.aspect_ratio[1], height, width)
-        h2, w2 = self.block_shape(self.block_scale[1], self.aspect_ratio[0], height, width)
+        h, w = block_shape_rounded_sides(self.block_scale[1], self.aspect_ratio[1], height, width)
+        h2, w2 = block_shape_rounded_sides(self.block_scale[1], self.aspect_ratio[0], height, width)
         largest = max(h * w, h2 * w2)
         if height * width - largest < self.min_context:
             raise ValueError(

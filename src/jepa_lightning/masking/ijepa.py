@@ -1,4 +1,5 @@
-"""I-JEPA multi-block masking on a ViT's patch grid, as token index tensors (DESIGN §3).
+"""I-JEPA multi-block masking on a ViT's patch grid, as token index tensors (I-JEPA, Assran et al.
+2023, §3 and its reference code's ``MaskCollator``; ``docs/c_jepa.md``).
 
 Per batch, one target-block shape (scale 0.15–0.2, aspect ratio 0.75–1.5) and one square
 context-block shape (scale 0.85–1.0) are drawn, shared by every image as in the reference, so
@@ -60,10 +61,11 @@ class PatchMasks:
         return self._grid_mask(self.targets)
 
 
-def block_shape(scale: float, aspect: float, height: int, width: int) -> tuple[int, int]:
+def block_shape_keep_area(scale: float, aspect: float, height: int, width: int) -> tuple[int, int]:
     """Block ``(h, w)`` in patches covering about ``scale · H · W`` patches with ``h / w ≈ aspect``.
 
-    ``w`` is rounded from ``area / h`` (not from ``√(area / aspect)`` as the reference), which
+    NOTE: ``w`` is rounded from ``area / h``, not from ``√(area / aspect)`` as the I-JEPA
+    reference (and :func:`~jepa_lightning.masking.grid.block_shape_rounded_sides`) do, which
     keeps the area within half a row of the requested one on small grids (8×8 at 32 px).
     """
     area = scale * height * width
@@ -131,7 +133,7 @@ class IJEPAMultiBlockMasking:
         lo, hi = self.aspect_ratio
         aspects = [lo + (hi - lo) * i / 100 for i in range(101)]
         top = self.block_scale[1]
-        largest = max(math.prod(block_shape(top, a, height, width)) for a in aspects)
+        largest = max(math.prod(block_shape_keep_area(top, a, height, width)) for a in aspects)
         keep = self.effective_min_keep(height, width)
         if height * width - self.num_blocks * largest < keep:
             raise ValueError(
@@ -152,8 +154,8 @@ class IJEPAMultiBlockMasking:
             float(_uniform(*self.aspect_ratio, generator)),
             float(_uniform(*self.context_scale, generator)),
         )
-        bh, bw = block_shape(scale, aspect, height, width)
-        ch, cw = block_shape(ctx_scale, 1.0, height, width)
+        bh, bw = block_shape_keep_area(scale, aspect, height, width)
+        ch, cw = block_shape_keep_area(ctx_scale, 1.0, height, width)
         # Top-left corners, upper bound inclusive: (B, n + 1, 2), the last one the context's.
         u = torch.rand(batch_size, n + 1, 2, generator=generator)
         top = (u[..., 0] * (torch.tensor([height - bh] * n + [height - ch]) + 1)).long()

@@ -1,9 +1,10 @@
-"""Shared machinery of every JEPA LightningModule: EMA pairs, optimiser, schedules, logging."""
+"""Shared machinery of every JEPA LightningModule: the training step, EMA pairs, optimiser,
+schedules, logging."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -12,9 +13,16 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from jepa_lightning.callbacks.ema import EMAMomentumSchedule
-from jepa_lightning.modules.masked_bn import MaskedBatchNorm2d
-from jepa_lightning.schedules import ScheduleKind, warmup_cosine
+from jepa_lightning.data.batch import split_batch
+from jepa_lightning.losses.vicreg import VICRegTerms
+from jepa_lightning.methods.checks import check_finite_parameters, setup_batchnorm
+from jepa_lightning.methods.optim import cosine_weight_decay, warmup_cosine_lr
+from jepa_lightning.schedules import ScheduleKind
 from jepa_lightning.seeding import MASKS, derive_seed
+
+#: Which encoder :meth:`JEPAModule.features` runs: the EMA ``target`` (the papers' evaluation
+#: protocol) or the online ``context`` encoder.
+EncoderChoice = Literal["target", "context"]
 
 
 class JEPAModule(pl.LightningModule):
@@ -22,11 +30,20 @@ class JEPAModule(pl.LightningModule):
     ``nn.Module``s that subclasses build.
 
     A subclass sets ``self.context_encoder`` and ``self.target_encoder`` (an EMA copy) and
-    implements three hooks:
+    implements the hooks of one training step; :meth:`shared_step` (not overridable) runs them::
 
-    * :meth:`shared_step` — images ``(B, 3, H, W)`` -> dict with ``"loss"`` (and any other
-      scalars to log, plus an optional detached ``"embedding"`` ``(B, D)`` for monitors);
-    * :meth:`embed` — images -> pooled target-encoder features ``(B, D)`` for evaluation;
+        views -> sample_masks -> forward_masked -> loss (+ vicreg_weight · VICReg) -> outputs
+
+    * :meth:`sample_masks` — masks for a batch, from :attr:`mask_generator`;
+    * :meth:`forward_masked` — images ``(V·B, 3, H, W)`` and masks -> the method's forward
+      (a named tuple of tensors);
+    * :meth:`loss` — the method's own loss: a dict with ``"loss"`` and any other scalars to log;
+    * :meth:`pooled_target` — the forward's pooled target features ``(V·B, D)`` (the detached
+      ``"embedding"`` output the monitors read);
+    * :meth:`vicreg_embeddings` — the ``(B, D)`` branches of the optional VICReg regulariser;
+    * :attr:`num_views` — augmented views per image the loss uses (default 1);
+    * :meth:`features` — images -> pooled features ``(B, D)`` of :attr:`feature_encoder`,
+      with gradients; :meth:`embed` is its no-grad evaluation wrapper;
     * :meth:`ema_pairs` — extend with ``super().ema_pairs() + [...]`` for extra EMA modules;
     * optionally ``target_map(images) -> (B, C, h, w)``, the target encoder's feature grid,
       for :class:`~jepa_lightning.CollapseMonitor`'s target shares.
@@ -53,6 +70,19 @@ class JEPAModule(pl.LightningModule):
 
     context_encoder: nn.Module
     target_encoder: nn.Module
+    #: Convert the batch to channels-last memory format before the forward (CNNs on GPUs).
+    channels_last: bool = False
+    #: The encoder :meth:`features` uses; see :func:`~jepa_lightning.evaluation.use_encoder`.
+    features_from: EncoderChoice = "target"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "shared_step" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides shared_step, which would skip the view checks and "
+                "the channels-last conversion: implement sample_masks, forward_masked and loss "
+                "(and optionally pooled_target, vicreg_embeddings, num_views) instead."
+            )
 
     def __init__(
         self,
@@ -78,17 +108,37 @@ class JEPAModule(pl.LightningModule):
         self.ema_schedule = ema_schedule
         self.mask_seed = mask_seed
         self.nan_check_every_n_steps = nan_check_every_n_steps
+        # C-JEPA's VICReg regulariser and its weight β_vicreg (set by the methods offering it).
+        self.vicreg: VICRegTerms | None = None
+        self.vicreg_weight = 0.0
         self._mask_generator: torch.Generator | None = None
-        self._pending_generator_state: Tensor | None = None
         self._last_finite_loss = float("nan")
 
     # ---------------------------------------------------------------- hooks for subclasses
-    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
-        """Compute the SSL loss on a batch of images. Must return a dict with ``"loss"``."""
+    def sample_masks(self, batch_size: int) -> Any:
+        """Masks for a batch of ``batch_size`` images, drawn from :attr:`mask_generator`."""
         raise NotImplementedError
 
-    def embed(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W) -> (B, D)`` features for evaluation (EMA target encoder, pooled)."""
+    def forward_masked(self, images: Tensor, masks: Any) -> Any:
+        """The networks on a batch ``(V·B, 3, H, W)`` (views concatenated) and its masks."""
+        raise NotImplementedError
+
+    def loss(self, fwd: Any, masks: Any) -> dict[str, Tensor]:
+        """The method's own loss of :meth:`forward_masked`'s output: ``{"loss": ..., ...}``
+        (other 0-dim entries are logged)."""
+        raise NotImplementedError
+
+    def pooled_target(self, fwd: Any) -> Tensor:
+        """``(V·B, D)`` pooled target features of :meth:`forward_masked`'s output."""
+        raise NotImplementedError
+
+    def vicreg_embeddings(self, fwd: Any, masks: Any, num_views: int) -> list[Tensor]:
+        """The ``(B, D)`` branches VICReg compares; ``fwd`` holds ``num_views`` views."""
+        raise NotImplementedError
+
+    def features(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, D)`` pooled float32 features of :attr:`feature_encoder`,
+        with gradients (fine-tuning)."""
         raise NotImplementedError
 
     @property
@@ -100,81 +150,86 @@ class JEPAModule(pl.LightningModule):
         """``(online, target)`` module pairs updated by the EMA callback."""
         return [(self.context_encoder, self.target_encoder)]
 
+    # ---------------------------------------------------------------- the training step
+    @property
+    def uses_vicreg(self) -> bool:
+        """The VICReg regulariser is on (set, with a non-zero weight and a non-zero term)."""
+        return self.vicreg is not None and self.vicreg_weight != 0 and not self.vicreg.is_zero
+
+    @property
+    def num_views(self) -> int:
+        """Augmented views per image the loss uses (stacked ``(B, V, 3, H, W)`` when > 1)."""
+        return 1
+
+    def views_hint(self) -> str:
+        """What to change instead of adding views, for the "needs two views" error."""
+        return ""
+
+    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
+        """The loss on a batch: images ``(B, 3, H, W)`` or views ``(B, V, 3, H, W)`` -> a dict
+        with ``"loss"``, the scalars to log and the detached ``"embedding"`` ``(B, D)``."""
+        views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
+        n = self.num_views
+        # Evaluation loaders give one view: there the VICReg sum has no invariance term.
+        if len(views) < n and self.training:
+            raise ValueError(
+                f"{type(self).__name__} uses {n} augmented views per image here, the batch has "
+                f"{len(views)}: set data.init_args.num_views: {n}{self.views_hint()}."
+            )
+        views = views[:n]
+        b = views[0].shape[0]
+        # All views in one pass, each image with its own masks: (V·B, 3, H, W).
+        batch = torch.cat(views) if len(views) > 1 else views[0]
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        masks = self.sample_masks(batch.shape[0])
+        fwd = self.forward_masked(batch, masks)
+        out = self.loss(fwd, masks)
+        out["embedding"] = self.pooled_target(fwd)[:b].detach().float()  # (B, D)
+        if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
+            vic = self.vicreg(*self.vicreg_embeddings(fwd, masks, len(views)))  # type: ignore[misc]
+            out.update(jepa_loss=out["loss"], **vic.scalars())
+            out["loss"] = out["loss"] + self.vicreg_weight * vic.loss
+        return out
+
+    # ---------------------------------------------------------------- features
+    @property
+    def feature_encoder(self) -> nn.Module:
+        """The encoder :meth:`features` runs: the target (default) or the context encoder."""
+        return self.context_encoder if self.features_from == "context" else self.target_encoder
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W) -> (B, D)`` features for evaluation: :meth:`features` without
+        gradients (EMA target encoder, pooled, unless :attr:`features_from` says otherwise)."""
+        return self.features(images)
+
     # ---------------------------------------------------------------- mask RNG
     @property
     def mask_generator(self) -> torch.Generator:
-        """CPU generator for masks, seeded per rank and saved in checkpoints."""
+        """CPU generator for masks, seeded per rank. Not saved in checkpoints: every training
+        batch reseeds it (:meth:`on_train_batch_start`), every validation epoch too."""
         if self._mask_generator is None:
             rank = self.trainer.global_rank if self._trainer is not None else 0
             self._mask_generator = torch.Generator().manual_seed(self.mask_seed + rank)
-            if self._pending_generator_state is not None:
-                self._mask_generator.set_state(self._pending_generator_state)
-                self._pending_generator_state = None
         return self._mask_generator
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._check_finite_parameters()
-        checkpoint["mask_generator_state"] = self.mask_generator.get_state()
+        check_finite_parameters(self, self.global_step)
         checkpoint["last_finite_loss"] = self._last_finite_loss
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._last_finite_loss = checkpoint.get("last_finite_loss", float("nan"))
-        state = checkpoint.get("mask_generator_state")
-        if state is not None:
-            self._pending_generator_state = state
-            self._mask_generator = None
 
     # ---------------------------------------------------------------- Lightning plumbing
     def setup(self, stage: str) -> None:
-        """Sync masked BatchNorm under ``Trainer(sync_batchnorm=True)``; check the batch size.
+        setup_batchnorm(self, self.trainer, stage)  # masked BN sync; batch size >= 2
 
-        Lightning's ``sync_batchnorm`` converts only ``_BatchNorm`` subclasses (here: the
-        predictor's); :class:`MaskedBatchNorm2d` layers — context and target encoder — get
-        ``sync = True`` and all-reduce their statistics themselves.
-        """
-        trainer = self.trainer
-        # NOTE: ``_layer_sync`` is how Lightning's parallel strategies hold sync_batchnorm.
-        sync = stage == "fit" and getattr(trainer.strategy, "_layer_sync", None) is not None
-        if sync:
-            for module in self.modules():
-                if isinstance(module, MaskedBatchNorm2d):
-                    module.sync = True
-        batch_size = getattr(trainer.datamodule, "batch_size", None)
-        too_small = stage == "fit" and isinstance(batch_size, int) and batch_size < 2
-        norms = (MaskedBatchNorm2d, nn.modules.batchnorm._BatchNorm)
-        has_bn = any(isinstance(m, norms) for m in self.modules())
-        if too_small and has_bn and not (sync and trainer.world_size > 1):
-            raise ValueError(
-                f"data.init_args.batch_size={batch_size} is too small: BatchNorm in training "
-                "mode needs at least 2 images per device to compute batch statistics. Use "
-                "batch_size >= 2 (tens of images per device are usual), or sync_batchnorm=True "
-                "with several devices."
-            )
-
-    @staticmethod
-    def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-        """``images`` or ``(images, labels, ...)`` -> ``(images, labels | None)``.
-
-        ``images`` may be a list of augmented views (``SSLDataModule(num_views=2)``):
-        single-view methods get the first; multi-view methods (C-JEPA) override this.
-        """
-        if isinstance(batch, Tensor):
-            return batch, None
-        images = batch[0]
-        if isinstance(images, (list, tuple)):  # several views of the same images: the first
-            images = images[0]
-        return images, (batch[1] if len(batch) > 1 else None)
-
-    @staticmethod
-    def stack_views(batch: Any) -> tuple[Tensor, Tensor | None]:
-        """Like :meth:`split_batch`, for multi-view methods: several views come stacked
-        ``(B, V, 3, H, W)``; a single view stays ``(B, 3, H, W)``."""
-        if isinstance(batch, Tensor):
-            return batch, None
-        images = batch[0]
-        if isinstance(images, (list, tuple)):
-            images = torch.stack(list(images), dim=1)  # (B, V, 3, H, W)
-        return images, (batch[1] if len(batch) > 1 else None)
+    def split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """``images`` or ``(images, labels, ...)`` -> ``(images, labels | None)``; several views
+        are stacked ``(B, V, 3, H, W)`` when the loss uses them (:attr:`num_views`), else the
+        first is taken (see :func:`~jepa_lightning.data.batch.split_batch`)."""
+        return split_batch(batch, self.num_views)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         images, _ = self.split_batch(batch)
@@ -189,12 +244,9 @@ class JEPAModule(pl.LightningModule):
         self._log_scalars("val", out, images.shape[0])
 
     def on_validation_epoch_start(self) -> None:
-        # Same masks every validation epoch so the validation loss is comparable over time.
-        self._train_generator_state = self.mask_generator.get_state()
+        # Same masks every validation epoch so the validation loss is comparable over time (the
+        # next training batch reseeds the generator, so training masks are unaffected).
         self.mask_generator.manual_seed(self.mask_seed + 10_000)
-
-    def on_validation_epoch_end(self) -> None:
-        self.mask_generator.set_state(self._train_generator_state)
 
     def _log_scalars(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
         for key, value in out.items():
@@ -223,21 +275,6 @@ class JEPAModule(pl.LightningModule):
             )
         self._last_finite_loss = value
 
-    def _check_finite_parameters(self) -> None:
-        """Refuse to save weights that could not be resumed (one host sync per checkpoint)."""
-        named = [(n, p) for n, p in self.named_parameters() if p.is_floating_point()]
-        if not named:
-            return
-        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
-        bad = [n for (n, _), ok in zip(named, finite, strict=True) if not ok]
-        if bad:
-            raise FloatingPointError(
-                f"Parameters are not finite at step {self.global_step} ({', '.join(bad[:3])}"
-                f"{', ...' if len(bad) > 3 else ''}): not saving this checkpoint; the last one "
-                "on disk is kept. Likely causes: learning rate too high, fp16 overflow (use "
-                "bf16-mixed), or corrupt input; lower the lr or enable gradient clipping."
-            )
-
     def configure_callbacks(self) -> list[Callback]:
         """Add an EMA schedule from ``ema_start``/``ema_end`` unless the trainer has one."""
         if any(isinstance(cb, EMAMomentumSchedule) for cb in self.trainer.callbacks):
@@ -261,25 +298,13 @@ class JEPAModule(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameter_groups())
         for group in optimizer.param_groups:
             group["initial_weight_decay"] = group["weight_decay"]
-        trainer = self.trainer
-        total = int(trainer.estimated_stepping_batches)
-        if trainer.train_dataloader is None:  # max_steps without max_epochs: not loaded yet
-            trainer.fit_loop.setup_data()
-        batches = trainer.num_training_batches  # per epoch, after limit_train_batches
-        accumulate = trainer.accumulate_grad_batches
-        steps_per_epoch = math.ceil(batches / accumulate) if math.isfinite(batches) else total
-        warmup = round(self.warmup_epochs * steps_per_epoch)
-
-        def factor(step: int) -> float:
-            return warmup_cosine(
-                step, total, warmup, self.warmup_start_lr_ratio, 1.0, self.final_lr_ratio
-            )
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
-        }
+        return warmup_cosine_lr(
+            self.trainer,
+            optimizer,
+            self.warmup_epochs,
+            self.warmup_start_lr_ratio,
+            self.final_lr_ratio,
+        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Masks are a pure function of (mask_seed, rank, epoch, batch): exact after resuming
@@ -287,13 +312,5 @@ class JEPAModule(pl.LightningModule):
         self.mask_generator.manual_seed(
             derive_seed(MASKS, self.mask_seed, self.global_rank, self.current_epoch, batch_idx)
         )
-        if self.final_weight_decay is None:
-            return
-        total = int(self.trainer.estimated_stepping_batches)
-        for opt in self.trainer.optimizers:
-            for group in opt.param_groups:
-                start = group.get("initial_weight_decay", 0.0)
-                if start > 0:
-                    group["weight_decay"] = warmup_cosine(
-                        self.global_step, total, 0, start, start, self.final_weight_decay
-                    )
+        if self.final_weight_decay is not None:
+            cosine_weight_decay(self.trainer, self.global_step, self.final_weight_decay)

@@ -28,10 +28,12 @@ view is used: the module *is* I-JEPA.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from jsonargparse import lazy_instance
 from torch import Tensor
 
 from jepa_lightning.losses.ijepa import ijepa_loss, layer_norm_targets
@@ -42,7 +44,30 @@ from jepa_lightning.modules.vit import ViTArch, ViTEncoder, gather_tokens
 from jepa_lightning.modules.vit_predictor import ViTPredictor
 from jepa_lightning.schedules import ScheduleKind
 
+#: The default VICReg terms, the paper's 25 / 25 / 1 (lazy: the CLI shows them as a class).
+_PAPER_VICREG = lazy_instance(VICRegTerms)
+#: The VICReg options of CJEPA before they became one ``vicreg: VICRegTerms`` (deprecated).
+_LEGACY_KEYS = ("sim_weight", "std_weight", "cov_weight", "gather_distributed")
+
 VICRegMode = Literal["views", "encoders", "blocks"]
+
+
+def _legacy_vicreg(vicreg: VICRegTerms | None, kwargs: dict[str, Any]) -> VICRegTerms | None:
+    """Apply (and remove from ``kwargs``) the deprecated ``sim_weight``, ``std_weight``,
+    ``cov_weight`` and ``gather_distributed`` options, e.g. of an old checkpoint."""
+    legacy = {key: kwargs.pop(key) for key in _LEGACY_KEYS if key in kwargs}
+    if not legacy:
+        return vicreg
+    warnings.warn(
+        f"CJEPA's {', '.join(legacy)} are deprecated and will be removed in the next version: "
+        "use vicreg=VICRegTerms(...) (YAML: vicreg: {class_path: "
+        "jepa_lightning.losses.VICRegTerms, init_args: {...}}), as CNNJEPA.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    base = vicreg if vicreg is not None else VICRegTerms()
+    options = {key: getattr(base, key) for key in (*_LEGACY_KEYS, "eps")}
+    return VICRegTerms(**{**options, **legacy})
 
 
 class JEPAForward(NamedTuple):
@@ -67,17 +92,32 @@ class CJEPA(JEPAModule):
         predictor_depth: Predictor depth (I-JEPA reference: 12).
         predictor_num_heads: Predictor attention heads; ``None`` = the encoder's (reference).
         masking: Multi-block mask generator on the patch grid; ``None`` = the paper's settings.
+        vicreg: The VICReg terms with their weights β_sim, β_std, β_cov (paper: 25 / 25 / 1,
+            the default) and ``gather_distributed`` (variance and covariance over the batch of
+            all processes under DDP); the same option, and YAML shape, as
+            :class:`~jepa_lightning.CNNJEPA`'s. ``None`` = no VICReg term (I-JEPA).
         vicreg_weight: β_vicreg, weight of the VICReg sum (paper: 0.001); 0 = I-JEPA.
-        sim_weight: β_sim, weight of the invariance term (paper: 25).
-        std_weight: β_std, weight of the variance term (paper: 25).
-        cov_weight: β_cov, weight of the covariance term (paper: 1).
         vicreg_mode: Where the VICReg terms apply: ``views`` (two augmented views, needs
             ``data.init_args.num_views: 2``), ``encoders`` or ``blocks`` (one view).
-        gather_distributed: Variance and covariance over the batch of all processes (DDP).
         ema_schedule: Shape of the EMA momentum ramp (I-JEPA: linear 0.996 -> 1.0).
         final_weight_decay: Weight decay at the end of a cosine ramp from the optimiser's
             (I-JEPA/C-JEPA: 0.04 -> 0.4); ``None`` keeps it constant.
         **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning import CJEPA
+        >>> from jepa_lightning.losses import VICRegTerms
+        >>> model = CJEPA(arch="vit_tiny", patch_size=4, image_size=32, depth=1,
+        ...               predictor_embed_dim=48, predictor_depth=1,
+        ...               vicreg=VICRegTerms(sim_weight=25.0, std_weight=25.0, cov_weight=1.0))
+        >>> views = torch.randn(4, 2, 3, 32, 32)  # (B, V, 3, H, W): two views per image
+        >>> out = model.shared_step(views)
+        >>> out["loss"].backward()
+        >>> sorted(k for k in out if k.startswith("vic"))
+        ['vic_covariance', 'vic_invariance', 'vic_variance', 'vicreg_loss']
+        >>> model.embed(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 192])
     """
 
     def __init__(
@@ -90,18 +130,16 @@ class CJEPA(JEPAModule):
         predictor_depth: int = 12,
         predictor_num_heads: int | None = None,
         masking: IJEPAMultiBlockMasking | None = None,
+        vicreg: VICRegTerms | None = _PAPER_VICREG,
         vicreg_weight: float = 0.001,
-        sim_weight: float = 25.0,
-        std_weight: float = 25.0,
-        cov_weight: float = 1.0,
         vicreg_mode: VICRegMode = "views",
-        gather_distributed: bool = True,
         ema_schedule: ScheduleKind = "linear",
         final_weight_decay: float | None = 0.4,
         **kwargs: Any,
     ) -> None:
+        vicreg = _legacy_vicreg(vicreg, kwargs)
         super().__init__(ema_schedule=ema_schedule, final_weight_decay=final_weight_decay, **kwargs)
-        self.save_hyperparameters(ignore=["masking", "optimizer"])
+        self.save_hyperparameters(ignore=["masking", "optimizer", "vicreg"])
         if vicreg_mode not in ("views", "encoders", "blocks"):
             raise ValueError(f"vicreg_mode must be views, encoders or blocks, not {vicreg_mode!r}")
         self.context_encoder = ViTEncoder(arch, image_size, patch_size, depth)
@@ -116,7 +154,7 @@ class CJEPA(JEPAModule):
             depth=predictor_depth,
             num_heads=predictor_num_heads or self.context_encoder.num_heads,
         )
-        self.vicreg = VICRegTerms(sim_weight, std_weight, cov_weight, 1e-4, gather_distributed)
+        self.vicreg = copy.deepcopy(vicreg)  # (the default is one shared lazy instance)
         self.vicreg_weight = vicreg_weight
         self.vicreg_mode = vicreg_mode
 
@@ -125,10 +163,12 @@ class CJEPA(JEPAModule):
         return self.context_encoder.embed_dim
 
     @property
-    def uses_vicreg(self) -> bool:
-        return self.vicreg_weight != 0 and not self.vicreg.is_zero
+    def num_views(self) -> int:
+        """Augmented views per image the loss uses: 2 for ``vicreg_mode="views"``."""
+        return 2 if self.uses_vicreg and self.vicreg_mode == "views" else 1
 
-    split_batch = staticmethod(JEPAModule.stack_views)  # views stacked (B, V, 3, H, W)
+    def views_hint(self) -> str:
+        return " (vicreg_mode='views'), or choose vicreg_mode 'encoders' or 'blocks'"
 
     def sample_masks(self, batch_size: int) -> PatchMasks:
         """Masks for one batch from the module's seeded generator, on the module's device."""
@@ -144,7 +184,18 @@ class CJEPA(JEPAModule):
         prediction = self.predictor(context, masks.context, masks.targets)  # (B, n, Nt, D)
         return JEPAForward(prediction, target.view(b, n, nt, -1), context, tokens)
 
-    def vicreg_embeddings(self, fwd: JEPAForward, num_views: int = 1) -> list[Tensor]:
+    def loss(self, fwd: JEPAForward, masks: PatchMasks) -> dict[str, Tensor]:
+        """I-JEPA's loss (the mean of the views' losses) and the context length."""
+        jepa = ijepa_loss(fwd.prediction, fwd.target)
+        context_tokens = jepa.new_tensor(float(fwd.context.shape[1]))
+        return {"loss": jepa, "jepa_loss": jepa, "context_tokens": context_tokens}
+
+    def pooled_target(self, fwd: JEPAForward) -> Tensor:
+        return fwd.target_tokens.mean(dim=1)  # (V·B, D)
+
+    def vicreg_embeddings(
+        self, fwd: JEPAForward, masks: PatchMasks, num_views: int
+    ) -> list[Tensor]:
         """The ``(B, D)`` branches VICReg compares, per ``vicreg_mode``. ``fwd`` holds the
         ``num_views`` views concatenated along the batch."""
         if self.vicreg_mode == "views":
@@ -155,37 +206,8 @@ class CJEPA(JEPAModule):
             return [fwd.context.mean(dim=1), fwd.target_tokens.mean(dim=1)]
         return list(fwd.prediction.mean(dim=2).unbind(dim=1))  # n_blocks × (B, D)
 
-    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
-        views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
-        b = views[0].shape[0]
-        two_views = self.uses_vicreg and self.vicreg_mode == "views"
-        # Evaluation loaders give one view: there the VICReg sum has no invariance term.
-        if two_views and len(views) < 2 and self.training:
-            raise ValueError(
-                "vicreg_mode='views' needs two augmented views per image: set "
-                "data.init_args.num_views: 2, or choose vicreg_mode 'encoders' or 'blocks'."
-            )
-        views = views[:2] if two_views else views[:1]
-        # All views in one pass, each image with its own masks: (V·B, 3, H, W).
-        batch = torch.cat(views) if len(views) > 1 else views[0]
-        fwd = self.forward_masked(batch, self.sample_masks(batch.shape[0]))
-        jepa = ijepa_loss(fwd.prediction, fwd.target)  # = mean of the views' I-JEPA losses
-        out = {
-            "jepa_loss": jepa,
-            "context_tokens": jepa.new_tensor(float(fwd.context.shape[1])),
-            "embedding": fwd.target_tokens[:b].mean(dim=1).detach().float(),  # (B, D)
-        }
-        loss = jepa
-        if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
-            vic = self.vicreg(*self.vicreg_embeddings(fwd, len(views)))
-            loss = jepa + self.vicreg_weight * vic.loss
-            out.update(vic.scalars())
-        out["loss"] = loss
-        return out
-
-    @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        return self.target_encoder(images).mean(dim=1).float()  # (B, D)
+    def features(self, images: Tensor) -> Tensor:
+        return self.feature_encoder(images).mean(dim=1).float()  # (B, D)
 
     def target_map(self, images: Tensor) -> Tensor:
         tokens = self.target_encoder(images)  # (B, N, D), N = gh · gw patches
@@ -213,6 +235,17 @@ class IJEPA(CJEPA):
     Args:
         vicreg_weight: 0 (I-JEPA). Any other value turns this into a C-JEPA.
         **kwargs: Options of :class:`CJEPA`.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning import IJEPA
+        >>> model = IJEPA(arch="vit_tiny", patch_size=4, image_size=32, depth=1,
+        ...               predictor_embed_dim=48, predictor_depth=1)
+        >>> model.num_views, model.uses_vicreg
+        (1, False)
+        >>> out = model.shared_step(torch.randn(4, 3, 32, 32))
+        >>> out["loss"] is out["jepa_loss"]
+        True
     """
 
     def __init__(self, vicreg_weight: float = 0.0, **kwargs: Any) -> None:

@@ -86,6 +86,17 @@ class CNNJEPA(JEPAModule):
             halves the total stride, e.g. an 8×8 mask grid at 32 px with ``small_images``
             instead of 4×4, at about 1.8× the FLOPs of a ResNet-18.
         **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning import CNNJEPA
+        >>> model = CNNJEPA(backbone="resnet18", small_images=True, image_size=32)
+        >>> out = model.shared_step(torch.randn(4, 3, 32, 32))  # one training step's loss
+        >>> out["loss"].backward()
+        >>> sorted(out)
+        ['context_ratio', 'embedding', 'loss', 'target_ratio']
+        >>> model.embed(torch.randn(2, 3, 32, 32)).shape  # EMA target encoder, pooled
+        torch.Size([2, 512])
     """
 
     def __init__(
@@ -125,7 +136,7 @@ class CNNJEPA(JEPAModule):
                 f"(smallest: {2 * stride} px). Use larger images"
                 + (" or small_images=True (stride 8)." if not small_images else ".")
             )
-        self.grid = image_size // stride
+        self.grid = self.context_encoder.grid_size(image_size)
         self.masking = masking if masking is not None else MixedMasking()
         self.masking.validate_grid(self.grid, self.grid)
         self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
@@ -152,18 +163,15 @@ class CNNJEPA(JEPAModule):
         return self.context_encoder.num_features
 
     @property
-    def uses_vicreg(self) -> bool:
-        """The VICReg regulariser is on (set, with a non-zero weight)."""
-        return self.vicreg is not None and self.vicreg_weight != 0 and not self.vicreg.is_zero
-
-    @property
     def num_views(self) -> int:
         """Augmented views per image the loss uses: 2 only for the VICReg invariance term."""
         return 2 if self.uses_vicreg and self.vicreg.sim_weight != 0 else 1  # type: ignore[union-attr]
 
-    def split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
-        """One view ``(B, 3, H, W)``, or ``(B, 2, 3, H, W)`` when the invariance term is on."""
-        return self.stack_views(batch) if self.num_views > 1 else JEPAModule.split_batch(batch)
+    def views_hint(self) -> str:
+        return (
+            " (the VICReg invariance term, vicreg.init_args.sim_weight != 0, compares two "
+            "augmented views of each image), or sim_weight: 0 for variance and covariance only"
+        )
 
     def sample_masks(self, batch_size: int) -> GridMasks:
         """Masks for one batch, drawn from the module's seeded generator, on its device."""
@@ -186,42 +194,30 @@ class CNNJEPA(JEPAModule):
         prediction = self.predictor(context, masks.context)  # (B, C, h, w)
         return MaskedForward(prediction, target, context)
 
-    def shared_step(self, images: Tensor) -> dict[str, Tensor]:
-        views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
-        if len(views) < self.num_views and self.training:
-            raise ValueError(
-                "The VICReg invariance term (vicreg.init_args.sim_weight != 0) needs two "
-                "augmented views per image: set data.init_args.num_views: 2, or sim_weight: 0 "
-                "for variance and covariance only."
-            )
-        views = views[: self.num_views]
-        b = views[0].shape[0]
-        images = torch.cat(views) if len(views) > 1 else views[0]  # (V·B, 3, H, W)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        masks = self.sample_masks(images.shape[0])
-        prediction, target, context = self.forward_masked(images, masks)  # (V·B, C, h, w) each
-        target_n = normalize_targets(target.detach(), self.target_norm)  # (V·B, C, h, w)
-        loss = normalized_smooth_l1(prediction, target_n, masks.target)
-        out = {
+    def loss(self, fwd: MaskedForward, masks: GridMasks) -> dict[str, Tensor]:
+        """CNN-JEPA's loss at the target cells, and the mask ratios."""
+        target = normalize_targets(fwd.target.detach(), self.target_norm)  # (V·B, C, h, w)
+        return {
+            "loss": normalized_smooth_l1(fwd.prediction, target, masks.target),
             "target_ratio": masks.target.float().mean(),
             "context_ratio": masks.context.float().mean(),
-            "embedding": masked_average_pool(target[:b]).detach().float(),  # (B, C)
         }
-        if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
-            pooled = masked_average_pool(context, masks.context)  # (V·B, C), visible cells
-            vic = self.vicreg(*pooled.chunk(len(views)))  # type: ignore[misc]
-            out.update(jepa_loss=loss, **vic.scalars())
-            loss = loss + self.vicreg_weight * vic.loss
-        out["loss"] = loss
-        return out
+
+    def pooled_target(self, fwd: MaskedForward) -> Tensor:
+        return masked_average_pool(fwd.target)  # (V·B, C)
+
+    def vicreg_embeddings(
+        self, fwd: MaskedForward, masks: GridMasks, num_views: int
+    ) -> list[Tensor]:
+        """The context encoder's output averaged over each image's visible cells, per view."""
+        pooled = masked_average_pool(fwd.context, masks.context)  # (V·B, C)
+        return list(pooled.chunk(num_views))  # V × (B, C)
 
     def target_map(self, images: Tensor) -> Tensor:
         return self.target_encoder(images)  # (B, C, h, w)
 
-    @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        return masked_average_pool(self.target_map(images)).float()  # (B, C)
+    def features(self, images: Tensor) -> Tensor:
+        return masked_average_pool(self.feature_encoder(images)).float()  # (B, C)
 
     @torch.no_grad()
     def mask_preview(self, images: Tensor) -> dict[str, Tensor]:

@@ -72,11 +72,7 @@ class MaskedBatchNorm2d(nn.Module):
         mean = total[:-1] / count  # (C,)
         centred = (xf - mean[:, None, None]) * mf  # (B, C, H, W), 0 at masked positions
         var = _AllReduceSum.apply(centred.square().sum(dim=(0, 2, 3))) / count  # (C,) biased
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            unbiased = var * (count / (count - 1).clamp_min(1.0))
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        self._update_running_stats(mean, var, count)
         scale = (self.weight.float() * torch.rsqrt(var + self.eps))[:, None, None]
         out = centred * scale + self.bias.float()[:, None, None] * mf
         return out.to(x.dtype)
@@ -117,12 +113,17 @@ class MaskedBatchNorm2d(nn.Module):
             shift = self.bias - self.running_mean * scale  # (C,)
             return (x * scale[:, None, None] + shift[:, None, None]) * mask
         out, mean, var, count = _MaskedBatchNormFn.apply(x, mask, self.weight, self.bias, self.eps)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            unbiased = var * (count / (count - 1).clamp_min(1.0))
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+        self._update_running_stats(mean, var, count)
         return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        """Running statistics from the batch's visible-position mean and biased variance
+        ``(C,)`` over ``count`` positions (unbiased for the running variance, as PyTorch)."""
+        self.num_batches_tracked.add_(1)
+        unbiased = var * (count / (count - 1).clamp_min(1.0))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
 
 
 class _MaskedBatchNormFn(torch.autograd.Function):
@@ -146,6 +147,8 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         n_all = xm.numel() // xm.shape[1]
         count = mf.sum().clamp_min(1.0)  # visible positions over batch and space
         var_all, mean_all = torch.var_mean(xm, dim=(0, 2, 3), correction=0)  # (C,)
+        # Visible-only moments from all-position ones (xm is 0 at masked positions), N = n_all:
+        # μ = μ_all · N / n,   σ² = (σ²_all + μ_all²) · N / n − μ²   (biased).
         ratio = n_all / count
         mean = mean_all * ratio
         var = ((var_all + mean_all.square()) * ratio - mean.square()).clamp_min(0.0)
@@ -170,8 +173,9 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         grad_weight = sum_dy_xmu * invstd
         k1 = w * invstd
         k3 = w * invstd.pow(3) * sum_dy_xmu / count
+        # dx = m · (k1·dy − k3·(x − μ) − k1·Σdy / n) = m · (k1·dy − k3·x + k0), where
+        # k0 = k3·μ − k1·Σdy / n gathers the terms that are constant over positions.
         k0 = (mean * k3 - k1 * sum_dy / count)[:, None, None]
-        # dx = m · (k1·dy − k3·(x − μ) − k1·Σdy / n)
         grad_x = (dym * k1[:, None, None]).sub_(xf * k3[:, None, None]).add_(k0).mul_(mf)
         return grad_x.to(ctx.in_dtype), None, grad_weight.to(w.dtype), sum_dy, None
 
