@@ -41,6 +41,9 @@ PAPER: dict[str, Any] = {
     "hflip": True,
 }
 
+#: Method options that are DataModule settings (the rest go to the model).
+DATA_KEYS = {"color_jitter", "grayscale", "shared_crop"}
+
 MASKINGS = {
     "mixed": "jepa_lightning.masking.MixedMasking",
     "multiblock": "jepa_lightning.masking.MultiBlockMasking",
@@ -95,6 +98,8 @@ def jepa_overrides(
         out += ["--data.init_args.hflip", str(opts.pop("hflip")).lower()]
     if "views" in opts:
         out += ["--data.init_args.num_views", str(opts.pop("views"))]
+    for key in DATA_KEYS & opts.keys():
+        out += [f"--data.init_args.{key}", str(opts.pop(key)).lower()]
     if "masking" in opts:
         kind = opts.pop("masking")
         out += ["--model.init_args.masking", "null" if kind is None else MASKINGS[kind]]

@@ -3,6 +3,7 @@ subset of the digits."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset, Subset
 
 from jepa_lightning import DigitsDataModule, FineTune, KNNEvaluation, LinearEvaluation
 from jepa_lightning.callbacks.metrics import knn_accuracy
+from jepa_lightning.modules import recalibrate_batchnorm
 
 SPEC = {"class_path": "jepa_lightning.CNNJEPA",
         "init_args": {"backbone": "resnet18", "small_images": True}}  # fmt: skip
@@ -125,3 +127,30 @@ def test_finetune_trains_the_encoder_only(tmp_path: Path, backbone_lr: float) ->
     assert ("backbone" in groups) == (backbone_lr > 0)
     assert groups["head_no_decay"]["weight_decay"] == 0.0
     assert 0.0 <= float(trainer.callback_metrics["val/top1"]) <= 1.0
+
+
+def test_context_encoder_batchnorm_is_recalibrated_on_full_training_images(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    data = SmallDigits(image_size=32, batch_size=32)
+    method = LinearEvaluation(method=SPEC, image_size=32).pretrained
+    for m in method.context_encoder.modules():  # statistics as if gathered on other images
+        if hasattr(m, "running_mean"):
+            m.running_mean.fill_(3.0)
+    data.setup()
+    expected = recalibrate_batchnorm(
+        copy.deepcopy(method.context_encoder),
+        [x for x, _ in data.train_eval_dataloader()],  # the 3 batches of 32 training images
+    )
+    knn = KNNEvaluation(method=method, encoder="context", k=20)
+    target_before = copy.deepcopy(knn.pretrained.target_encoder.state_dict())
+    _trainer(tmp_path).validate(knn, data, verbose=False)
+    got = knn.pretrained.context_encoder
+    torch.testing.assert_close(got.bn1.running_mean, expected.bn1.running_mean)
+    torch.testing.assert_close(got.layer4[1].bn2.running_var, expected.layer4[1].bn2.running_var)
+    assert not got.training  # evaluated in eval mode, with the new statistics
+    for key, value in knn.pretrained.target_encoder.state_dict().items():
+        assert torch.equal(value, target_before[key]), key  # the target encoder is untouched
+    # the target-encoder evaluation (the default) leaves every statistic as it is
+    knn_t = KNNEvaluation(method=copy.deepcopy(method), k=20)
+    _trainer(tmp_path).validate(knn_t, data, verbose=False)
+    assert float(knn_t.pretrained.context_encoder.bn1.running_mean[0]) == 3.0

@@ -14,7 +14,7 @@ from jepa_lightning.data.sampling import (
     SeededDataset,
     resumable_train_loader,
 )
-from jepa_lightning.data.transforms import eval_transform, ssl_transform
+from jepa_lightning.data.transforms import SharedCropViews, eval_transform, ssl_transform
 
 __all__ = [
     "CIFAR10DataModule",
@@ -26,6 +26,7 @@ __all__ = [
     "ResumableDataLoader",
     "SSLDataModule",
     "SeededDataset",
+    "SharedCropViews",
     "TensorImageDataset",
     "eval_transform",
     "resumable_train_loader",

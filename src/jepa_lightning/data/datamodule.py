@@ -17,6 +17,7 @@ from jepa_lightning.data.sampling import ResumableDataLoader, resumable_train_lo
 from jepa_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SharedCropViews,
     eval_transform,
     ssl_transform,
 )
@@ -62,6 +63,14 @@ class SSLDataModule(pl.LightningDataModule):
         num_views: Independently augmented views per training image. With ``1`` the SSL
             training set yields ``(image, label)``; with ``n > 1`` it yields
             ``([view_1, ..., view_n], label)`` (C-JEPA's two-view VICReg reading).
+        color_jitter: Colour-jitter strength ``s`` of the SSL augmentation (brightness,
+            contrast, saturation ``0.8 s``, hue ``0.2 s``, p = 0.8; lightly's CIFAR-10 value is
+            0.5). 0 (default) = none, as CNN-JEPA and I-JEPA.
+        grayscale: Probability of converting a training view to grayscale (0 = never).
+        shared_crop: With ``num_views > 1``, the views share one crop and flip; the first is
+            left without colour jitter and grayscale, the others get them. For CNN-JEPA's
+            ``context_view: other`` (the context encoder sees a recoloured copy of the
+            target's image). ``False``: every view is augmented independently.
 
     Example:
         >>> from jepa_lightning import DigitsDataModule, SSLDataModule
@@ -85,10 +94,24 @@ class SSLDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         seed: int | None = None,
         num_views: int = 1,
+        color_jitter: float = 0.0,
+        grayscale: float = 0.0,
+        shared_crop: bool = False,
     ) -> None:
         super().__init__()
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if shared_crop and num_views < 2:
+            raise ValueError(
+                "shared_crop=True makes views of one crop that differ in colour, which needs "
+                f"num_views >= 2 (got {num_views}): set data.init_args.num_views: 2."
+            )
+        if color_jitter < 0 or not 0 <= grayscale <= 1:
+            raise ValueError(
+                f"color_jitter must be >= 0 and grayscale a probability in [0, 1], got "
+                f"color_jitter={color_jitter}, grayscale={grayscale}"
+            )
+        self.color_jitter, self.grayscale, self.shared_crop = color_jitter, grayscale, shared_crop
         self.num_views = num_views
         self.image_size = image_size
         self.batch_size = batch_size
@@ -108,7 +131,15 @@ class SSLDataModule(pl.LightningDataModule):
 
     @property
     def train_transform(self) -> Callable:
-        transform = ssl_transform(self.image_size, self.crop_scale, self.hflip, self.mean, self.std)
+        colour = {"color_jitter": self.color_jitter, "grayscale": self.grayscale}
+        if self.shared_crop:  # views of one crop, the first without colour changes
+            return SharedCropViews(
+                self.image_size, self.num_views, self.crop_scale, self.hflip, self.mean, self.std,
+                **colour,
+            )  # fmt: skip
+        transform = ssl_transform(
+            self.image_size, self.crop_scale, self.hflip, self.mean, self.std, **colour
+        )
         if self.num_views > 1:  # several views: a list of independently augmented tensors
             return MultiViewTransform([transform] * self.num_views)
         return transform

@@ -101,6 +101,7 @@ class FineTune(EvaluationModule):
         self.val_acc = accuracy_metrics(num_classes)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # the context encoder's BatchNorm statistics
         if self.head is None:
             self._build_head(self.num_classes_from_data(self.num_classes))
 

@@ -136,6 +136,7 @@ class LinearEvaluation(EvaluationModule):
 
     # ---------------------------------------------------------------- feature cache
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # the context encoder's BatchNorm statistics
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "train_eval_dataloader"):
             raise ValueError(

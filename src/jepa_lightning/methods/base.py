@@ -132,6 +132,11 @@ class JEPAModule(pl.LightningModule):
         """``(V·B, D)`` pooled target features of :meth:`forward_masked`'s output."""
         raise NotImplementedError
 
+    def join_views(self, views: list[Tensor]) -> Tensor:
+        """The one batch :meth:`forward_masked` gets from ``V × (B, 3, H, W)`` views: by
+        default all views concatenated, ``(V·B, 3, H, W)``, each image with its own masks."""
+        return torch.cat(views) if len(views) > 1 else views[0]
+
     def vicreg_embeddings(self, fwd: Any, masks: Any, num_views: int) -> list[Tensor]:
         """The ``(B, D)`` branches VICReg compares; ``fwd`` holds ``num_views`` views."""
         raise NotImplementedError
@@ -178,9 +183,8 @@ class JEPAModule(pl.LightningModule):
             )
         views = views[:n]
         b = views[0].shape[0]
-        # All views in one pass, each image with its own masks: (V·B, 3, H, W).
-        batch = torch.cat(views) if len(views) > 1 else views[0]
-        if self.channels_last:
+        batch = self.join_views(views)  # default: all views in one pass, (V·B, 3, H, W)
+        if self.channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         masks = self.sample_masks(batch.shape[0])
         fwd = self.forward_masked(batch, masks)

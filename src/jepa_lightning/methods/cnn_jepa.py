@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,13 @@ class CNNJEPA(JEPAModule):
         last_stride: Stride of the backbone's last stage (torchvision and the paper: 2). ``1``
             halves the total stride, e.g. an 8×8 mask grid at 32 px with ``small_images``
             instead of 4×4, at about 1.8× the FLOPs of a ResNet-18.
+        context_view: What the context encoder sees: ``same`` (the paper) the target's image;
+            ``other`` a recoloured copy of it (the second view of
+            ``data.init_args.num_views: 2, shared_crop: true, color_jitter: ...``: same crop,
+            own colour jitter / grayscale), so the predictor must infer the target's
+            clean-image features at the masked cells from visible cells in other colours.
+            NOTE: not in the paper, whose augmentation is crop and flip only; measured on
+            CIFAR-10 in benchmarks/RESULTS.md. Not combinable with the VICReg invariance term.
         **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
 
     Example:
@@ -117,9 +124,19 @@ class CNNJEPA(JEPAModule):
         target_norm: TargetNorm = "none",
         zero_init_residual: bool = False,
         last_stride: int = 2,
+        context_view: Literal["same", "other"] = "same",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if context_view not in ("same", "other"):
+            raise ValueError(f"context_view must be 'same' or 'other', got {context_view!r}")
+        if context_view == "other" and vicreg is not None and vicreg.sim_weight != 0:
+            raise ValueError(
+                "context_view='other' and the VICReg invariance term (vicreg sim_weight != 0) "
+                "both use the second view; set vicreg.init_args.sim_weight: 0 or "
+                "context_view: same."
+            )
+        self.context_view = context_view
         self.save_hyperparameters(ignore=["masking", "optimizer", "vicreg"])
         self.context_encoder = MaskedResNet(
             backbone,
@@ -164,10 +181,18 @@ class CNNJEPA(JEPAModule):
 
     @property
     def num_views(self) -> int:
-        """Augmented views per image the loss uses: 2 only for the VICReg invariance term."""
+        """Augmented views per image the loss uses: 2 for ``context_view="other"`` and for the
+        VICReg invariance term, else 1."""
+        if self.context_view == "other":
+            return 2
         return 2 if self.uses_vicreg and self.vicreg.sim_weight != 0 else 1  # type: ignore[union-attr]
 
     def views_hint(self) -> str:
+        if self.context_view == "other":
+            return (
+                " and shared_crop: true (context_view: other puts the second view, a recoloured "
+                "copy of the first, through the context encoder), or context_view: same"
+            )
         return (
             " (the VICReg invariance term, vicreg.init_args.sim_weight != 0, compares two "
             "augmented views of each image), or sim_weight: 0 for variance and covariance only"
@@ -178,8 +203,21 @@ class CNNJEPA(JEPAModule):
         masks = self.masking(batch_size, self.grid, self.grid, generator=self.mask_generator)
         return masks.to(self.device)
 
+    def join_views(self, views: list[Tensor]) -> Tensor:
+        if self.context_view == "other" and len(views) > 1:  # (evaluation loaders: one view)
+            return torch.stack(views[:2], dim=1)  # (B, 2, 3, H, W): target view, context view
+        return super().join_views(views)
+
     def forward_masked(self, images: Tensor, masks: GridMasks) -> MaskedForward:
-        """Prediction, target and context feature maps, each ``(B, C, h, w)``."""
+        """Prediction, target and context feature maps, each ``(B, C, h, w)``, of images
+        ``(B, 3, H, W)`` or of (target, context) view pairs ``(B, 2, 3, H, W)``."""
+        if images.ndim == 5:  # context_view="other": the two views of each image
+            target_images, images = images[:, 0], images[:, 1]
+        else:
+            target_images = images
+        if self.channels_last:
+            target_images = target_images.contiguous(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
         size = self.grid * self.context_encoder.stride
         if images.ndim != 4 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(
@@ -189,7 +227,7 @@ class CNNJEPA(JEPAModule):
                 "data.init_args.image_size into the model); check that the transforms crop to it."
             )
         with torch.no_grad():
-            target = self.target_encoder(images)  # (B, C, h, w), full image, dense BN
+            target = self.target_encoder(target_images)  # (B, C, h, w), full image, dense BN
         context = self.context_encoder(images, masks.context)  # (B, C, h, w), 0 where masked
         prediction = self.predictor(context, masks.context)  # (B, C, h, w)
         return MaskedForward(prediction, target, context)
@@ -211,6 +249,8 @@ class CNNJEPA(JEPAModule):
     ) -> list[Tensor]:
         """The context encoder's output averaged over each image's visible cells, per view."""
         pooled = masked_average_pool(fwd.context, masks.context)  # (V·B, C)
+        if self.context_view == "other":  # one context view per image
+            return [pooled]
         return list(pooled.chunk(num_views))  # V × (B, C)
 
     def target_map(self, images: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Plain ``nn.Module`` building blocks, usable without a Trainer."""
 
 from jepa_lightning.modules.conv_predictor import ConvPredictor
-from jepa_lightning.modules.masked_bn import MaskedBatchNorm2d
+from jepa_lightning.modules.masked_bn import MaskedBatchNorm2d, recalibrate_batchnorm
 from jepa_lightning.modules.masked_resnet import (
     RESNETS,
     MaskedResNet,
@@ -21,5 +21,6 @@ __all__ = [
     "ViTPredictor",
     "export_torchvision_state_dict",
     "masked_average_pool",
+    "recalibrate_batchnorm",
     "sincos_pos_embed_2d",
 ]
