@@ -180,7 +180,9 @@ def _plot(
         ax.axhline(vit_random, color="grey", ls=":", lw=1, label=f"random ViT ({vit_random:.1f})")
     ax.set_xlabel("pretraining minutes (reference machine, 2 CPU cores)")
     ax.set_ylabel("k-NN top-1 (%)")
-    ax.set_title("CIFAR-10, ResNet-18 small stem: k-NN of the evaluated encoder", fontsize=10)
+    vit = any(is_vit(s) for s, _ in runs)
+    nets = "ResNet-18 small stem, ViT-Tiny/4" if vit else "ResNet-18 small stem"
+    ax.set_title(f"CIFAR-10, {nets}: k-NN of the evaluated encoder", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -115,7 +115,8 @@ def plan(args: argparse.Namespace) -> None:
         timer = StepTimer()
         trainer = _trainer(max_steps=args.calib_steps, callbacks=[timer])
         trainer.fit(model, dm)
-        step_s = sorted(timer.times[3:])[len(timer.times[3:]) // 2]
+        warm = timer.times[3:] or timer.times[-1:]  # (the first steps warm up; --calib-steps < 4)
+        step_s = sorted(warm)[len(warm) // 2]
         ref_after = args.reference_byol_s or reference_byol_step()
         bracket, ref_before = [ref_before, ref_after], ref_after
         ref = sum(bracket) / 2
