@@ -176,11 +176,11 @@ def _plot(
     if not math.isnan(random):
         ax.axhline(random, color="grey", ls="--", lw=1, label=f"random ResNet-18 ({random:.1f})")
     vit_random, _ = random_init(rows, vit=True)
-    if any(is_vit(s) for s, _ in runs) and not math.isnan(vit_random):
+    vit = any(is_vit(s) for s, _ in runs)
+    if vit and not math.isnan(vit_random):
         ax.axhline(vit_random, color="grey", ls=":", lw=1, label=f"random ViT ({vit_random:.1f})")
     ax.set_xlabel("pretraining minutes (reference machine, 2 CPU cores)")
     ax.set_ylabel("k-NN top-1 (%)")
-    vit = any(is_vit(s) for s, _ in runs)
     nets = "ResNet-18 small stem, ViT-Tiny/4" if vit else "ResNet-18 small stem"
     ax.set_title(f"CIFAR-10, {nets}: k-NN of the evaluated encoder", fontsize=10)
     ax.grid(alpha=0.3)
