@@ -1,11 +1,11 @@
-"""Online (context) against EMA target encoder of a CNN-JEPA checkpoint, on the learning curve's
-evaluation (weighted k-NN k = 200, tau = 0.1 and RankMe on clean CIFAR-10 images).
+"""Online (context) against EMA target encoder of a CNN-JEPA or C-JEPA/I-JEPA checkpoint, on the
+learning curve's evaluation (weighted k-NN k = 200, tau = 0.1 and RankMe on clean CIFAR-10 images).
 
 The learning curve evaluates the EMA target. Near the end of a short run (hundreds of steps at
 EMA 0.996 -> 1) the target averages the last few hundred online weights, so it may lag the
 online encoder; and the online encoder's BatchNorm statistics were gathered on masked images.
 This script measures both, plus the online encoder with its BatchNorm statistics recomputed on
-clean training images::
+clean training images (CNN-JEPA only: the ViT has no BatchNorm)::
 
     python benchmarks/online_vs_target.py \
         ~/.cache/jepa-lightning/learning_curve/main/cnn_jepa/last.ckpt --data ~/data/cifar10_jpg
@@ -17,23 +17,33 @@ import argparse
 import copy
 
 import torch
+from curve_methods import TokenGrid
 from curve_report import _eval_sets, _features
 from torch import Tensor, nn
 
 from jepa_lightning.callbacks.metrics import knn_accuracy, rankme
 from jepa_lightning.modules import MaskedResNet, recalibrate_batchnorm
+from jepa_lightning.modules.vit import ViTEncoder
 
 
-def encoder_from(state: dict[str, Tensor], prefix: str, last_stride: int) -> nn.Module:
-    enc = MaskedResNet("resnet18", small_images=True, last_stride=last_stride)
+def encoder_from(ck: dict, prefix: str, last_stride: int) -> nn.Module:
+    """The encoder under ``prefix`` in a checkpoint: a small-image ResNet-18 (CNN-JEPA) or, for
+    C-JEPA/I-JEPA, the checkpoint's ViT as a token grid (evaluated like the learning curve)."""
+    state: dict[str, Tensor] = ck["state_dict"]
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if "conv_proj.weight" in sub:  # a ViT
+        hp = ck["hyper_parameters"]
+        enc: nn.Module = ViTEncoder(hp["arch"], hp["image_size"], hp["patch_size"], hp["depth"])
+        enc.load_state_dict(sub)
+        return TokenGrid(enc)
+    enc = MaskedResNet("resnet18", small_images=True, last_stride=last_stride)
     enc.load_state_dict(sub)
     return enc
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpt", nargs="+", help="Lightning checkpoints of CNNJEPA runs")
+    ap.add_argument("ckpt", nargs="+", help="Lightning checkpoints of CNNJEPA or CJEPA runs")
     ap.add_argument("--data", required=True)
     ap.add_argument("--bank-size", type=int, default=10000)
     ap.add_argument("--test-size", type=int, default=10000)
@@ -49,15 +59,15 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for path in args.ckpt:
         ck = torch.load(path, map_location="cpu", weights_only=False)
-        state = ck["state_dict"]
-        context = encoder_from(state, "context_encoder.", args.last_stride)
+        context = encoder_from(ck, "context_encoder.", args.last_stride)
         encoders = {
-            "EMA target": encoder_from(state, "target_encoder.", args.last_stride),
+            "EMA target": encoder_from(ck, "target_encoder.", args.last_stride),
             "online (context)": context,
-            "online, BN recalibrated": recalibrate_batchnorm(
-                copy.deepcopy(context), bank[:5000].split(256)
-            ),
         }
+        if isinstance(context, MaskedResNet):
+            encoders["online, BN recalibrated"] = recalibrate_batchnorm(
+                copy.deepcopy(context), bank[:5000].split(256)
+            )
         for name, enc in encoders.items():
             fb, fq = _features(enc, bank), _features(enc, test)
             knn = knn_accuracy(fq, test_y, fb, bank_y, num_classes=10, topk=(1,))[1]

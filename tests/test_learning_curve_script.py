@@ -57,6 +57,7 @@ def test_learning_curve_smoke(image_folder: Path, tmp_path: Path) -> None:
         m.replace(":", "__").replace("=", "-") for m in METHODS
     )
     assert (root / "cnn_jepa" / "last.ckpt").exists()
+    _check_online_vs_target(image_folder, root)
     # Finished methods are skipped: a second call trains and evaluates nothing again.
     snap = root / "cnn_jepa" / "snap_000003.pt"
     mtime = snap.stat().st_mtime_ns
@@ -69,3 +70,25 @@ def test_learning_curve_smoke(image_folder: Path, tmp_path: Path) -> None:
     assert "plan " not in fresh.stdout and "reference BYOL" not in fresh.stdout
     assert "trained" not in fresh.stdout and "eval " not in fresh.stdout
     assert fresh.stdout.strip().splitlines()[-1] == last
+
+
+def _check_online_vs_target(image_folder: Path, root: Path) -> None:
+    """``online_vs_target.py`` on the runs' checkpoints: a ResNet (CNN-JEPA) gets three rows
+    (target, online, online with BatchNorm recomputed), a ViT (I-JEPA) two."""
+    args = [
+        sys.executable, str(REPO / "benchmarks/online_vs_target.py"),
+        str(root / "cnn_jepa/last.ckpt"), str(root / "ijepa/last.ckpt"),
+        "--data", str(image_folder), "--bank-size", "8", "--test-size", "6", "--workers", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if "last.ckpt" in line]
+    by_run: dict[str, list[str]] = {}
+    for ckpt, _, encoder, knn, rankme in rows:
+        assert 0 <= float(knn) <= 100 and float(rankme) >= 1
+        by_run.setdefault(Path(ckpt.strip()).parent.name, []).append(encoder.strip())
+    assert by_run == {
+        "cnn_jepa": ["EMA target", "online (context)", "online, BN recalibrated"],
+        "ijepa": ["EMA target", "online (context)"],
+    }
