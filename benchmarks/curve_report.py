@@ -167,12 +167,14 @@ def _plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    many = len(runs) > 6  # the legend then goes beside the axes, not over the curves
+    fig, ax = plt.subplots(figsize=(8.6 if many else 6.4, 4.0), dpi=100)
     for spec, _ in runs:
         mine = sorted((r for r in rows if r["method"] == spec), key=lambda r: int(r["step"]))
         if mine:
             xs = [float(r["minutes_ref"]) for r in mine]
-            ax.plot(xs, [float(r["knn_top1"]) for r in mine], marker="o", ms=3, label=spec)
+            style = {"marker": "s", "ls": "-."} if is_vit(spec) else {"marker": "o"}
+            ax.plot(xs, [float(r["knn_top1"]) for r in mine], ms=3, label=spec, **style)
     if not math.isnan(random):
         ax.axhline(random, color="grey", ls="--", lw=1, label=f"random ResNet-18 ({random:.1f})")
     vit_random, _ = random_init(rows, vit=True)
@@ -184,7 +186,10 @@ def _plot(
     nets = "ResNet-18 small stem, ViT-Tiny/4" if vit else "ResNet-18 small stem"
     ax.set_title(f"CIFAR-10, {nets}: k-NN of the evaluated encoder", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.png)
     print(f"plot: {args.png}")
