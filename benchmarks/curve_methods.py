@@ -1,6 +1,7 @@
-"""The methods of ``learning_curve.py``: CNN-JEPA built through the real CLI from the shipped
-CIFAR-10 config (so the benchmark measures exactly what users run), lightly's baselines, and the
-encoders each one is evaluated with."""
+"""The methods of ``learning_curve.py``: CNN-JEPA and C-JEPA/I-JEPA built through the real CLI
+from the shipped CIFAR-10 configs (so the benchmark measures exactly what users run), the peers
+(lightly's BYOL, SimCLR, VICReg; LeJEPA on both architectures), every encoder each one has, and
+the one its authors report (``PROTOCOL``, fixed before any run)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ from typing import Any
 
 import lightning.pytorch as pl
 import yaml
-from lightly_baselines import BASELINES, TwoViewDataModule, small_resnet18
+from lejepa_baselines import LeJEPA, LeJEPAViT, TokenGrid, vit_tiny
+from lightly_baselines import (
+    BASELINES,
+    MultiViewDataModule,
+    MultiViewMethod,
+    ViewKind,
+    small_resnet18,
+)
 from quality import cifar_datamodule_args
-from torch import Tensor, nn
+from torch import nn
 
 from jepa_lightning import CJEPA, CNNJEPA
 from jepa_lightning.cli import main as cli_main
 from jepa_lightning.modules import MaskedResNet
-from jepa_lightning.modules.vit import ViTEncoder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: The shipped config each JEPA method is built from, and how its lr scales with the batch.
@@ -65,6 +72,40 @@ JEPA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "cjepa": ("cjepa", {}),
     "ijepa": ("cjepa", {"vicreg_weight": 0.0, "views": 1}),  # I-JEPA: no VICReg, one view
 }
+
+
+#: The peers: name -> (module class, views). ``lejepa_vit`` runs on the C-JEPA config's ViT.
+PEERS: dict[str, tuple[type[MultiViewMethod], ViewKind]] = {
+    **BASELINES,
+    "lejepa": (LeJEPA, "lejepa"),
+    "lejepa_vit": (LeJEPAViT, "lejepa_global4"),
+}
+VIT_METHODS = ("cjepa", "ijepa", "lejepa_vit")
+
+#: The encoder each method is *reported* with, as its authors (or lightly's benchmark) score it:
+#: the EMA target for the JEPAs (CNN-JEPA and I-JEPA evaluate the target encoder), the online
+#: backbone for lightly's BYOL (its k-NN callback scores ``backbone``) and for the one-encoder
+#: methods. Fixed here before the runs; the other encoder is evaluated beside it, never swapped in.
+PROTOCOL: dict[str, str] = {
+    "cnn_jepa": "target",
+    "cnn_jepa_paper": "target",
+    "cjepa": "target",
+    "ijepa": "target",
+    "byol": "online",
+    "simclr": "online",
+    "vicreg": "online",
+    "lejepa": "online",
+    "lejepa_vit": "online",
+}
+
+
+def protocol_encoder(spec: str) -> str:
+    """``online`` or ``target``: the encoder ``spec``'s rows report."""
+    return PROTOCOL[parse_spec(spec)[0]]
+
+
+def is_vit(spec: str) -> bool:
+    return parse_spec(spec)[0] in VIT_METHODS
 
 
 def num_train_images(root: str) -> int:
@@ -120,14 +161,15 @@ def build_method(
     name, options = parse_spec(spec)
     batch = options.pop("batch", args.batch_size)
     data = cifar_datamodule_args(args.data, batch, args.workers)
-    if name in BASELINES:
-        if options:
-            raise ValueError(f"{name} takes no options (lightly's recipe), got {options}")
-        cls, views = BASELINES[name]
-        dm = TwoViewDataModule(views=views, persistent_workers=False, **data)
-        return cls(batch_size=batch), dm, "lightly"
+    if name in PEERS:
+        cls, views = PEERS[name]
+        allowed = {"depth"} if name == "lejepa_vit" else set()
+        if options.keys() - allowed:
+            raise ValueError(f"{name} takes no options (its authors' recipe), got {options}")
+        dm = MultiViewDataModule(views=views, persistent_workers=False, **data)
+        return cls(batch_size=batch, **options), dm, "peer"
     if name not in JEPA_METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {[*JEPA_METHODS, *BASELINES]}")
+        raise ValueError(f"unknown method {name!r}; known: {[*JEPA_METHODS, *PEERS]}")
     family, preset = JEPA_METHODS[name]
     options = {**preset, **options}
     cli_args = [
@@ -147,34 +189,26 @@ def build_method(
     return cli.model, cli.datamodule, "jepa"
 
 
-class TokenGrid(nn.Module):
-    """A ViT encoder as a feature map: ``(B, N, D)`` tokens -> ``(B, D, gh, gw)``, so every
-    method's snapshot is evaluated by the same average pooling."""
-
-    def __init__(self, encoder: ViTEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.encoder(x).transpose(1, 2).unflatten(2, self.encoder.grid)
-
-
-def encoder_for_eval(spec: str, module: pl.LightningModule) -> nn.Module:
-    """The encoder the method means: EMA target (CNN-JEPA, C-JEPA, BYOL) or online trunk."""
+def eval_encoders(module: pl.LightningModule) -> dict[str, nn.Module]:
+    """Every encoder of a trained method by name: ``online`` (the trunk that gets gradients; the
+    JEPAs' context encoder) and, for EMA methods, ``target``."""
     if isinstance(module, CNNJEPA):
-        return module.target_encoder
+        return {"online": module.context_encoder, "target": module.target_encoder}
     if isinstance(module, CJEPA):
-        return TokenGrid(module.target_encoder)
-    return module.eval_encoder  # type: ignore[return-value]
+        return {
+            "online": TokenGrid(module.context_encoder),
+            "target": TokenGrid(module.target_encoder),
+        }
+    if isinstance(module, MultiViewMethod):
+        return module.encoders()
+    raise TypeError(f"no encoders known for {type(module).__name__}")
 
 
 def fresh_encoder(spec: str) -> nn.Module:
-    """An encoder of the snapshot's architecture, to load its state into."""
+    """An encoder of the snapshot's architecture (online or target alike), to load into."""
     name, options = parse_spec(spec)
-    if name in BASELINES:
+    if is_vit(spec):
+        return vit_tiny(depth=options.get("depth"))
+    if name in PEERS:
         return small_resnet18()
-    if JEPA_METHODS[name][0] == "cjepa":
-        cfg = yaml.safe_load(JEPA_CONFIGS["cjepa"][0].read_text())["model"]["init_args"]
-        vit = ViTEncoder(cfg["arch"], 32, cfg["patch_size"], options.get("depth", cfg.get("depth")))
-        return TokenGrid(vit)
     return MaskedResNet("resnet18", small_images=True, last_stride=options.get("last_stride", 2))

@@ -1,5 +1,5 @@
-"""Evaluation and report of ``learning_curve.py``: k-NN and RankMe of every saved snapshot, the
-CSV, the table, the plot and the ``knn_top1@...`` line."""
+"""Evaluation and report of ``learning_curve.py``: k-NN (selection and test queries) and RankMe of
+every encoder of every saved snapshot, the CSV, the table, the plot and the ``knn_top1@`` lines."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import argparse
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
-from curve_methods import fresh_encoder
+from curve_methods import fresh_encoder, is_vit, protocol_encoder
 from quality import cifar_datamodule_args
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
@@ -18,37 +19,64 @@ from torch.utils.data import DataLoader, Subset
 from jepa_lightning import ImageFolderDataModule
 from jepa_lightning.callbacks.metrics import knn_accuracy, rankme
 
-FIELDS = ["method", "step", "steps", "batch", "minutes_ref", "train_min_here", "knn_top1",
-          "rankme", "step_s", "scale"]  # fmt: skip
-CORE = ("cnn_jepa", "byol", "simclr", "vicreg")
-VIT = ("cjepa", "ijepa")  # ViT-Tiny methods: their own random init and their own last line
+FIELDS = ["method", "step", "steps", "batch", "encoder", "knn_top1", "sel_knn_top1",
+          "knn_test_online", "knn_test_target", "knn_sel_online", "knn_sel_target", "rankme",
+          "minutes_planned", "minutes_measured", "train_min_here", "step_s", "scale"]  # fmt: skip
+CORE = ("cnn_jepa", "byol", "simclr", "vicreg", "lejepa")
+VIT = ("cjepa", "ijepa", "lejepa_vit")  # ViT-Tiny methods: their own random line
+LABEL = {"lejepa_vit": "lejepa"}  # the ViT line names LeJEPA as the ResNet line does
+DRIFT = 0.10  # planned and measured minutes further apart than this are flagged
 
 
-def is_vit(spec: str) -> bool:
-    return spec.partition(":")[0] in VIT
+def random_init(
+    rows: list[dict[str, str]], specs: list[str], vit: bool, column: str = "knn_top1"
+) -> tuple[float, str]:
+    """The random encoder: the mean k-NN (``column``) of the step-0 snapshots of ``specs`` (one
+    row per method, each its own random initialisation) of one architecture, and how it was
+    formed."""
+    inits = [float(r[column]) for r in rows if int(r["step"]) == 0
+             and r["method"] in specs and is_vit(r["method"]) == vit]  # fmt: skip
+    if not inits:
+        return math.nan, "no step-0 rows"
+    return statistics.fmean(inits), (
+        f"mean of {len(inits)} step-0 snapshots, one per method ({min(inits):.2f}-{max(inits):.2f})"
+    )
 
 
-def random_init(rows: list[dict[str, str]], vit: bool) -> tuple[float, int]:
-    """Mean k-NN of the step-0 snapshots (random inits) of the ResNet or of the ViT methods."""
-    inits = [float(r["knn_top1"]) for r in rows
-             if int(r["step"]) == 0 and is_vit(r["method"]) == vit]  # fmt: skip
-    return (sum(inits) / len(inits) if inits else math.nan), len(inits)
+class EvalSets:
+    """Clean (resize-free, normalised) images in memory, fixed by the seed: a bank of training
+    images, *other* training images as selection queries, and test images as test queries."""
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        dm = ImageFolderDataModule(**cifar_datamodule_args(args.data, 256, args.workers))
+        dm.setup()
+        g = torch.Generator().manual_seed(args.seed)
+        train_idx = torch.randperm(len(dm.train_eval), generator=g).tolist()
+        if args.bank_size + args.sel_size > len(train_idx):
+            raise ValueError(f"--bank-size {args.bank_size} + --sel-size {args.sel_size} exceed "
+                             f"the {len(train_idx)} training images")  # fmt: skip
+        test_idx = torch.randperm(len(dm.val), generator=g)[: args.test_size].tolist()
+        bank_idx = train_idx[: args.bank_size]
+        sel_idx = train_idx[args.bank_size : args.bank_size + args.sel_size]
+        self.bank, self.bank_y = self._load(dm.train_eval, bank_idx, args.workers)
+        self.sel, self.sel_y = self._load(dm.train_eval, sel_idx, args.workers)
+        self.test, self.test_y = self._load(dm.val, test_idx, args.workers)
 
-def _eval_sets(args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Clean (resize-free, normalised) bank and test images in memory, fixed by the seed."""
-    dm = ImageFolderDataModule(**cifar_datamodule_args(args.data, 256, args.workers))
-    dm.setup()
-    g = torch.Generator().manual_seed(args.seed)
-    bank_idx = torch.randperm(len(dm.train_eval), generator=g)[: args.bank_size].tolist()
-    test_idx = torch.randperm(len(dm.val), generator=g)[: args.test_size].tolist()
-
-    def load(ds, idx):  # type: ignore[no-untyped-def]
-        xs, ys = zip(*DataLoader(Subset(ds, idx), batch_size=512, num_workers=args.workers),
+    @staticmethod
+    def _load(ds, idx: list[int], workers: int) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+        xs, ys = zip(*DataLoader(Subset(ds, idx), batch_size=512, num_workers=workers),
                      strict=True)  # fmt: skip
         return torch.cat(xs), torch.cat(ys)
 
-    return (*load(dm.train_eval, bank_idx), *load(dm.val, test_idx))
+    def score(self, encoder: nn.Module) -> dict[str, float]:
+        """k-NN top-1 (%) of selection and test queries against the bank; RankMe of the test."""
+        fb, fs, ft = (_features(encoder, x) for x in (self.bank, self.sel, self.test))
+
+        def knn(q: Tensor, qy: Tensor) -> float:
+            top1 = knn_accuracy(q, qy, fb, self.bank_y, num_classes=10, topk=(1,))[1]
+            return round(100 * top1, 2)
+
+        return {"sel": knn(fs, self.sel_y), "test": knn(ft, self.test_y), "rankme": rankme(ft)}
 
 
 @torch.inference_mode()
@@ -64,6 +92,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
     done = {(r["method"], int(r["step"])) for r in read_rows(args.csv)}
     todo = [
@@ -74,7 +106,7 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
     ]
     if not todo:
         return
-    bank, bank_y, test, test_y = _eval_sets(args)
+    sets = EvalSets(args)
     new = not args.csv.exists()
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with args.csv.open("a", newline="") as f:
@@ -84,27 +116,46 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
         for spec, d, snap in todo:
             plan = json.loads((d / "plan.json").read_text())
             saved = torch.load(snap, weights_only=True)
-            encoder = fresh_encoder(spec)
-            encoder.load_state_dict(saved["state"])
-            fb, fq = _features(encoder, bank), _features(encoder, test)
-            knn = knn_accuracy(fq, test_y, fb, bank_y, num_classes=10, topk=(1,))[1]
-            step = int(snap.stem.split("_")[1])
-            row = {
-                "method": spec,
-                "step": step,
-                "steps": plan["steps"],
-                "batch": plan["batch_size"],
-                "minutes_ref": round(step * plan["step_s"] / plan["scale"] / 60, 3),
-                "train_min_here": round(saved["train_s"] / 60, 3),
-                "knn_top1": round(100 * knn, 2),
-                "rankme": round(rankme(fq), 1),
-                "step_s": round(plan["step_s"], 4),
-                "scale": round(plan["scale"], 3),
-            }
-            writer.writerow(row)
+            scores: dict[str, dict[str, float]] = {}
+            for name, state in saved["states"].items():
+                twin = next((k for k in scores if _same(saved["states"][k], state)), None)
+                if twin is not None:  # (step 0: the EMA target is a copy of the online one)
+                    scores[name] = scores[twin]
+                    continue
+                encoder = fresh_encoder(spec)
+                encoder.load_state_dict(state)
+                scores[name] = sets.score(encoder)
+            writer.writerow(_row(spec, plan, snap, saved, scores))
             f.flush()
-            print(f"eval {spec} step {step}: k-NN {row['knn_top1']} RankMe {row['rankme']}",
-                  flush=True)  # fmt: skip
+            print(f"eval {spec} step {snap.stem}: " + ", ".join(
+                f"{k} k-NN sel {v['sel']} test {v['test']}" for k, v in scores.items()),
+                flush=True)  # fmt: skip
+
+
+def _row(spec: str, plan: dict, snap: Path, saved: dict, scores: dict) -> dict:  # type: ignore[type-arg]
+    step = int(snap.stem.split("_")[1])
+    protocol = protocol_encoder(spec)
+    na = {"test": "", "sel": ""}
+    online, target = scores.get("online", na), scores.get("target", na)
+    return {
+        "method": spec,
+        "step": step,
+        "steps": plan["steps"],
+        "batch": plan["batch_size"],
+        "encoder": protocol,
+        "knn_top1": scores[protocol]["test"],
+        "sel_knn_top1": scores[protocol]["sel"],
+        "knn_test_online": online["test"],
+        "knn_test_target": target["test"],
+        "knn_sel_online": online["sel"],
+        "knn_sel_target": target["sel"],
+        "rankme": round(scores[protocol]["rankme"], 1),
+        "minutes_planned": round(step * plan["step_s"] / plan["scale"] / 60, 3),
+        "minutes_measured": round(saved["train_s_ref"] / 60, 3),
+        "train_min_here": round(saved["train_s"] / 60, 3),
+        "step_s": round(plan["step_s"], 4),
+        "scale": round(plan["scale"], 3),
+    }
 
 
 def _final(rows: list[dict[str, str]], spec: str) -> dict[str, str] | None:
@@ -112,79 +163,94 @@ def _final(rows: list[dict[str, str]], spec: str) -> dict[str, str] | None:
     return max(mine, key=lambda r: int(r["step"])) if mine else None
 
 
+def _drift(row: dict[str, str]) -> float:
+    planned = float(row["minutes_planned"])
+    return float(row["minutes_measured"]) / planned - 1 if planned > 0 else 0.0
+
+
 def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
     rows = read_rows(args.csv)
+    specs = [s for s, _ in runs]
     if not rows:
         print("no evaluations yet")
         return
-    # The random encoder: every method's step-0 snapshot is a random init; report their mean.
-    random, n_inits = random_init(rows, vit=False)
-    print(f"\n# CIFAR-10 (JPEG q75) 32 px, ResNet-18 small stem, "
-          f"budget {args.budget_min:g} reference-minutes each; k-NN k=200 tau=0.1, bank "
-          f"{args.bank_size} train / {args.test_size} test; random init = mean of step-0 "
-          f"snapshots ({n_inits} ResNet-18)")  # fmt: skip
-    print("| method | batch | s/step here | steps | epochs | first k-NN | best k-NN | final k-NN | "
-          "final RankMe | train min here |")  # fmt: skip
+    print(f"\n# CIFAR-10 (JPEG q75) 32 px, budget {args.budget_min:g} reference-minutes each; "
+          f"k-NN k=200 tau=0.1 against {args.bank_size} training images; selection queries "
+          f"{args.sel_size} other training images, test queries {args.test_size} test images; "
+          "each method on its protocol encoder (other encoder in brackets)")  # fmt: skip
+    print("| method | encoder | steps | epochs | s/step here | planned min | measured min | "
+          "final k-NN sel | final k-NN test | final RankMe |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for spec, _ in runs:
-        mine = sorted((r for r in rows if r["method"] == spec), key=lambda r: int(r["step"]))
-        if not mine:
+    for spec in specs:
+        last = _final(rows, spec)
+        if last is None:
             continue
-        last, first = mine[-1], next((r for r in mine if int(r["step"]) > 0), mine[-1])
-        best = max(float(r["knn_top1"]) for r in mine)
+        other = "target" if last["encoder"] == "online" else "online"
+        sel, test = last["sel_knn_top1"], last["knn_top1"]
+        if last[f"knn_test_{other}"]:
+            sel += f" ({last[f'knn_sel_{other}']})"
+            test += f" ({last[f'knn_test_{other}']})"
+        flag = " (!)" if abs(_drift(last)) > DRIFT else ""
         epochs = int(last["steps"]) * int(last["batch"]) / 50_000
-        cells = [spec, last["batch"], f"{float(last['step_s']):.3f}",
-                 f"{last['step']}/{last['steps']}", f"{epochs:.2f}", first["knn_top1"],
-                 f"{best:.2f}", last["knn_top1"], last["rankme"],
-                 f"{float(last['train_min_here']):.1f}"]  # fmt: skip
+        cells = [spec, last["encoder"], f"{last['step']}/{last['steps']}", f"{epochs:.2f}",
+                 f"{float(last['step_s']):.3f}", last["minutes_planned"],
+                 last["minutes_measured"] + flag, sel, test, last["rankme"]]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
-    _plot(args, rows, runs, random)
-    finals = {spec: _final(rows, spec) for spec, _ in runs}
+    drifted = [s for s in specs if (r := _final(rows, s)) and abs(_drift(r)) > DRIFT]
+    if drifted:
+        print(f"(!) measured minutes differ by more than {DRIFT:.0%} from the planned ones: "
+              + ", ".join(drifted))  # fmt: skip
+    _plot(args, rows, specs)
+    for prefix, column in (("sel_", "sel_knn_top1"), ("", "knn_top1")):
+        for vit in (True, False):
+            line = _final_line(rows, specs, vit, column)
+            if line:
+                name = "vit_knn_top1" if vit else "knn_top1"
+                print(f"{prefix}{name}@{args.budget_min:g}min: {line}")
 
-    def final(name: str) -> str:
-        r = finals.get(name)
+
+def _final_line(rows: list[dict[str, str]], specs: list[str], vit: bool, column: str) -> str:
+    """``name=value ...`` for one architecture: the core methods, random, then any others."""
+    core = VIT if vit else CORE
+    mine = [s for s in specs if is_vit(s) == vit]
+    if not mine:
+        return ""
+
+    def final(spec: str) -> str:
+        r = _final(rows, spec)
         complete = r is not None and int(r["step"]) == int(r["steps"])
-        return f"{name}={float(r['knn_top1']):.2f}" if complete else f"{name}=nan"
+        label = LABEL.get(spec, spec)
+        return f"{label}={float(r[column]):.2f}" if complete and r else f"{label}=nan"
 
-    if any(is_vit(s) for s, _ in runs):  # C-JEPA against I-JEPA, same ViT
-        vit_random, _ = random_init(rows, vit=True)
-        vit = [*VIT, *(s for s, _ in runs if is_vit(s) and s not in VIT)]
-        print(f"vit_knn_top1@{args.budget_min:g}min: "
-              + " ".join([*(final(n) for n in vit), f"random={vit_random:.2f}"]))  # fmt: skip
-    others = [s for s, _ in runs if s not in CORE and not is_vit(s)]
-    parts = [*(final(n) for n in CORE), f"random={random:.2f}", *(final(n) for n in others)]
-    print(f"knn_top1@{args.budget_min:g}min: " + " ".join(parts))
+    random, _ = random_init(rows, specs, vit, column)
+    others = [s for s in mine if s not in core]
+    return " ".join([*(final(n) for n in core), f"random={random:.2f}", *map(final, others)])
 
 
-def _plot(
-    args: argparse.Namespace,
-    rows: list[dict[str, str]],
-    runs: list[tuple[str, Path]],
-    random: float,
-) -> None:
+def _plot(args: argparse.Namespace, rows: list[dict[str, str]], specs: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    many = len(runs) > 6  # the legend then goes beside the axes, not over the curves
+    many = len(specs) > 6  # the legend then goes beside the axes, not over the curves
     fig, ax = plt.subplots(figsize=(8.6 if many else 6.4, 4.0), dpi=100)
-    for spec, _ in runs:
+    for spec in specs:
         mine = sorted((r for r in rows if r["method"] == spec), key=lambda r: int(r["step"]))
         if mine:
-            xs = [float(r["minutes_ref"]) for r in mine]
+            xs = [float(r["minutes_planned"]) for r in mine]
             style = {"marker": "s", "ls": "-."} if is_vit(spec) else {"marker": "o"}
-            ax.plot(xs, [float(r["knn_top1"]) for r in mine], ms=3, label=spec, **style)
-    if not math.isnan(random):
-        ax.axhline(random, color="grey", ls="--", lw=1, label=f"random ResNet-18 ({random:.1f})")
-    vit_random, _ = random_init(rows, vit=True)
-    vit = any(is_vit(s) for s, _ in runs)
-    if vit and not math.isnan(vit_random):
-        ax.axhline(vit_random, color="grey", ls=":", lw=1, label=f"random ViT ({vit_random:.1f})")
-    ax.set_xlabel("pretraining minutes (reference machine, 2 CPU cores)")
-    ax.set_ylabel("k-NN top-1 (%)")
+            label = f"{spec} ({protocol_encoder(spec)})"
+            ax.plot(xs, [float(r["knn_top1"]) for r in mine], ms=3, label=label, **style)
+    for vit, ls, arch in ((False, "--", "ResNet-18"), (True, ":", "ViT")):
+        random, _ = random_init(rows, specs, vit)
+        if not math.isnan(random):
+            ax.axhline(random, color="grey", ls=ls, lw=1, label=f"random {arch} ({random:.1f})")
+    ax.set_xlabel("pretraining minutes (planned, reference machine, 2 CPU cores)")
+    ax.set_ylabel("k-NN top-1 (%), CIFAR-10 test")
+    vit = any(is_vit(s) for s in specs)
     nets = "ResNet-18 small stem, ViT-Tiny/4" if vit else "ResNet-18 small stem"
-    ax.set_title(f"CIFAR-10, {nets}: k-NN of the evaluated encoder", fontsize=10)
+    ax.set_title(f"CIFAR-10, {nets}: k-NN of each method's protocol encoder", fontsize=10)
     ax.grid(alpha=0.3)
     if many:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -1,29 +1,38 @@
-"""Learning curves on CIFAR-10 at equal wall-clock: CNN-JEPA against lightly's BYOL, SimCLR and
-VICReg, and the random encoder.
+"""Learning curves on CIFAR-10 at equal wall-clock: CNN-JEPA and C-JEPA/I-JEPA against their
+peers (lightly's BYOL, SimCLR, VICReg; LeJEPA on the ResNet and on the ViT), each run as its
+authors run it, and the random encoder.
 
-Every method pretrains a ResNet-18 with the small-image stem (32 px) for the same budget of
-minutes *on the reference machine* (the one ``benchmarks/RESULTS.md`` was measured on, where
-``throughput.py`` times a lightly BYOL step at 0.62 s). Phases, each resumable:
+Every method pretrains for the same budget of minutes *on the reference machine* (the one
+``benchmarks/RESULTS.md`` was measured on, where ``throughput.py`` times a lightly BYOL step at
+0.62 s). Phases, each resumable:
 
-1. ``plan``: time the reference BYOL step here (``throughput.py``'s step) and each method's
-   training step at the benchmark's settings, on a quiet machine, then fix each method's number
-   of steps = budget × (BYOL step here / 0.62 s) / step time, so that the LR, weight-decay and
-   EMA schedules run to completion (``plan.json`` per method). All methods are planned in one go.
+1. ``plan``: on a quiet machine, time the reference BYOL step here and each method's *whole*
+   training iteration at the benchmark's settings (data loading, forward, backward, optimiser,
+   EMA and every per-step callback: the interval from one step's end to the next), then fix each
+   method's number of steps = budget × (BYOL step here / 0.62 s) / iteration time, so that the
+   LR, weight-decay and EMA schedules run to completion (``plan.json`` per method).
 2. ``train``: fixed-step training with checkpoints every ``--ckpt-every`` steps; a killed run
-   resumes exactly from ``last.ckpt`` (methods with ``done.json`` are skipped). The encoder the
-   method means (EMA target encoder for CNN-JEPA and BYOL, the online trunk for SimCLR/VICReg)
-   is saved at ``--evals`` evenly spaced steps. Step counts, not the clock, end training, so a
-   resumed or slowed run gets the same result.
-3. ``eval``: each snapshot, average-pooled, on clean images: weighted k-NN (k = 200, τ = 0.1,
-   cosine) with a ``--bank-size`` bank of train images against ``--test-size`` test images, and
-   RankMe of the test embeddings. Rows go to ``curve.csv`` (existing rows are skipped).
-4. ``report``: a table, the PNG plot and the last line
-   ``knn_top1@<budget>min: cnn_jepa=A byol=B simclr=C vicreg=D random=E [others]``.
+   resumes exactly from ``last.ckpt`` (methods with ``done.json`` are skipped). Every encoder of
+   the method (``online``; ``target`` for EMA methods) is saved at ``--evals`` evenly spaced
+   steps with the *measured* training time so far (the same whole-iteration clock, less the
+   benchmark's own checkpoint and snapshot saving), in seconds here and in reference seconds
+   (scaled by a reference BYOL step timed at the start of each training session). Step counts,
+   not the clock, end training, so a resumed or slowed run gets the same result.
+3. ``eval``: each encoder of each snapshot, average-pooled, on clean images: weighted k-NN
+   (k = 200, τ = 0.1, cosine) against a bank of ``--bank-size`` training images, queried by
+   ``--sel-size`` *other* training images (the selection split: recipes and ablations are
+   chosen on it) and by ``--test-size`` test images (reported rows only); RankMe of the test
+   embeddings. Rows go to the CSV (existing rows are skipped, never edited).
+4. ``report``: a table (planned and measured minutes, both encoders), the PNG plot and the last
+   lines ``vit_knn_top1@<budget>min: ...`` and ``knn_top1@<budget>min: cnn_jepa=A byol=B
+   simclr=C vicreg=D lejepa=E random=F [others]``, each method on its protocol encoder
+   (``curve_methods.PROTOCOL``); ``sel_`` lines give the same on the selection split.
 
 A method is ``name`` or ``name:key=value,...``; names: ``cnn_jepa`` (the shipped
 ``configs/cifar10_cnn_jepa_resnet18.yaml`` recipe), ``cnn_jepa_paper`` (the paper's CNN-JEPA),
-``byol``, ``simclr``, ``vicreg``; keys override CNN-JEPA options (``target_norm=batch``,
-``lr=0.005``, ``wd``, ``warmup`` = warm-up fraction of the steps, ``vicreg_weight``, ...).
+``cjepa`` (``configs/cifar10_cjepa_vit_tiny.yaml``), ``ijepa``, ``byol``, ``simclr``, ``vicreg``,
+``lejepa``, ``lejepa_vit``; keys override JEPA options (``target_norm=batch``, ``lr=0.005``,
+``wd``, ``warmup`` = warm-up fraction of the steps, ``vicreg_weight``, ...).
 
     python benchmarks/learning_curve.py --phase all --budget-min 30
     python benchmarks/learning_curve.py --phase all --budget-min 4 --methods cnn_jepa \\
@@ -39,7 +48,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from curve_methods import build_method, encoder_for_eval, parse_spec
+from curve_methods import build_method, eval_encoders, parse_spec
 from curve_report import evaluate_snapshots, read_rows, report
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -69,17 +78,43 @@ def reference_byol_step() -> float:
     return statistics.median(times)
 
 
-class StepTimer(pl.Callback):
-    """Times training steps (batch start to batch end)."""
+class IterationClock(pl.Callback):
+    """Wall time of whole training iterations: from one step's end to the next, so data loading,
+    forward, backward, optimiser step, the EMA update and every other per-step callback are all
+    inside, whatever the callback order. Time the benchmark spends on itself (checkpoints,
+    snapshots) is reported through :meth:`exclude` and left out."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self._t: float | None = None
+        self._excluded = 0.0
 
-    def on_train_batch_start(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self._t = time.perf_counter()
+    def exclude(self, seconds: float) -> None:
+        self._excluded += seconds
+
+    def on_train_start(self, *args) -> None:  # type: ignore[no-untyped-def]
+        self._t, self._excluded = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self.times.append(time.perf_counter() - self._t)
+        now = time.perf_counter()
+        assert self._t is not None
+        self.times.append(now - self._t - self._excluded)
+        self._t, self._excluded = now, 0.0
+
+
+def planned_steps(budget_min: float, ref_step_here_s: float, step_s: float, evals: int) -> int:
+    """Steps that fill ``budget_min`` reference-machine minutes: the budget in this machine's
+    seconds (scaled by its reference BYOL step against ``REF_BYOL_STEP_S``) over the method's
+    measured iteration time; at least one step per evaluation."""
+    budget_here = budget_min * 60 * ref_step_here_s / REF_BYOL_STEP_S
+    return max(evals, int(budget_here / step_s))
+
+
+def calibrated_step_s(times: list[float]) -> float:
+    """A method's iteration time from a calibration run: the mean after the first three
+    iterations (start-up), so that occasional slow steps (data waits) count as they will."""
+    warm = times[3:] or times[-1:]
+    return sum(warm) / len(warm)
 
 
 def run_dir(args: argparse.Namespace, spec: str) -> Path:
@@ -112,11 +147,10 @@ def plan(args: argparse.Namespace) -> None:
     for spec in todo:
         pl.seed_everything(args.seed, verbose=False)
         model, dm, _ = build_method(spec, args)
-        timer = StepTimer()
-        trainer = _trainer(max_steps=args.calib_steps, callbacks=[timer])
+        clock = IterationClock()
+        trainer = _trainer(max_steps=args.calib_steps, callbacks=[clock])
         trainer.fit(model, dm)
-        warm = timer.times[3:] or timer.times[-1:]  # (the first steps warm up; --calib-steps < 4)
-        step_s = sorted(warm)[len(warm) // 2]
+        step_s = calibrated_step_s(clock.times)
         ref_after = args.reference_byol_s or reference_byol_step()
         bracket, ref_before = [ref_before, ref_after], ref_after
         ref = sum(bracket) / 2
@@ -124,13 +158,14 @@ def plan(args: argparse.Namespace) -> None:
         print(f"reference BYOL step here: {bracket[0]:.3f} s before, {bracket[1]:.3f} s after "
               f"(x{scale:.2f} the reference machine)")  # fmt: skip
         budget_here = args.budget_min * 60 * scale
-        steps = max(args.evals, int(budget_here / step_s))
+        steps = planned_steps(args.budget_min, ref, step_s, args.evals)
         if args.fixed_steps:  # ablations of equal step cost: equal images seen
             steps = args.fixed_steps * args.batch_size // info_batch(spec, args)
         evals = sorted({round(k * steps / args.evals) for k in range(args.evals + 1)})
         info = {
             "spec": spec,
             "step_s": step_s,
+            "step_s_includes": "whole iteration: data loading, step, EMA, callbacks",
             "ref_byol_step_s": ref,
             "ref_byol_step_s_before_after": bracket,
             "scale": scale,
@@ -171,9 +206,10 @@ def train(args: argparse.Namespace) -> None:
             continue
         pl.seed_everything(args.seed, verbose=False)
         model, dm, _ = build_method(spec, args, info["steps"])
-        snaps = Snapshots(d, info["eval_steps"], spec)
-        ckpt = ModelCheckpoint(
-            dirpath=d, every_n_train_steps=args.ckpt_every, save_last=True, save_top_k=0
+        ref_here = args.reference_byol_s or reference_byol_step()
+        snaps = Snapshots(d, info["eval_steps"], ref_here / REF_BYOL_STEP_S)
+        ckpt = TimedCheckpoint(
+            snaps, dirpath=d, every_n_train_steps=args.ckpt_every, save_last=True, save_top_k=0
         )
         trainer = _trainer(
             max_steps=info["steps"], callbacks=[snaps, ckpt], enable_checkpointing=True
@@ -181,11 +217,10 @@ def train(args: argparse.Namespace) -> None:
         last = d / "last.ckpt"
         t0 = time.perf_counter()
         trainer.fit(model, dm, ckpt_path=str(last) if last.exists() else None)
-        wall = snaps.prev + snaps.train_s
-        (d / "wall.json").write_text(json.dumps({"train_s": wall}))
+        snaps.write_wall()
         done = {
             "steps": trainer.global_step,
-            "train_s": wall,
+            **snaps.wall(),
             "session_s": time.perf_counter() - t0,
         }
         (d / "done.json").write_text(json.dumps(done))
@@ -197,50 +232,72 @@ def recorded(csv_path: Path, spec: str, steps: int) -> bool:
     return any(r["method"] == spec and int(r["step"]) == steps for r in read_rows(csv_path))
 
 
-def _previous_wall(d: Path) -> float:
-    f = d / "wall.json"
-    return json.loads(f.read_text())["train_s"] if f.exists() else 0.0
+class Snapshots(IterationClock):
+    """Saves every encoder of the method at the planned steps, with the measured training time
+    so far (this machine's seconds, and reference seconds at this session's ``scale``)."""
 
+    def __init__(self, d: Path, steps: list[int], scale: float) -> None:
+        super().__init__()
+        self.d, self.steps, self.scale = d, set(steps), scale
+        f = d / "wall.json"
+        prev = json.loads(f.read_text()) if f.exists() else {}
+        self.prev_s = prev.get("train_s", 0.0)
+        self.prev_ref_s = prev.get("train_s_ref", self.prev_s / scale)
 
-class Snapshots(pl.Callback):
-    """Saves the evaluated encoder at the planned steps, with the training seconds so far."""
+    def wall(self) -> dict[str, float]:
+        here = sum(self.times)
+        return {"train_s": self.prev_s + here, "train_s_ref": self.prev_ref_s + here / self.scale}
 
-    def __init__(self, d: Path, steps: list[int], spec: str) -> None:
-        self.d, self.steps, self.spec = d, set(steps), spec
-        self.train_s = 0.0
-        self.prev = _previous_wall(d)
+    def write_wall(self) -> None:
+        (self.d / "wall.json").write_text(json.dumps(self.wall()))
 
     def _save(self, module: pl.LightningModule, step: int) -> None:
         path = self.d / f"snap_{step:06d}.pt"
         if step in self.steps and not path.exists():
-            state = encoder_for_eval(self.spec, module).state_dict()
-            torch.save({"state": state, "train_s": self.prev + self.train_s}, path)
+            t0 = time.perf_counter()
+            states = {k: enc.state_dict() for k, enc in eval_encoders(module).items()}
+            torch.save({"states": states, **self.wall()}, path)
+            self.exclude(time.perf_counter() - t0)
 
     def on_train_start(self, trainer, module) -> None:  # type: ignore[no-untyped-def]
+        super().on_train_start()
         self._save(module, trainer.global_step)
 
-    def on_train_batch_start(self, *args) -> None:  # type: ignore[no-untyped-def]
-        self._t = time.perf_counter()
-
     def on_train_batch_end(self, trainer, module, *args) -> None:  # type: ignore[no-untyped-def]
-        self.train_s += time.perf_counter() - self._t
+        super().on_train_batch_end()
         self._save(module, trainer.global_step)
 
     def on_save_checkpoint(self, trainer, module, checkpoint) -> None:  # type: ignore[no-untyped-def]
-        (self.d / "wall.json").write_text(json.dumps({"train_s": self.prev + self.train_s}))
+        self.write_wall()
+
+
+class TimedCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose saving time the run's clock leaves out (benchmark overhead)."""
+
+    def __init__(self, clock: IterationClock, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.clock = clock
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        super().on_train_batch_end(*args, **kwargs)
+        self.clock.exclude(time.perf_counter() - t0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--phase", choices=["plan", "train", "eval", "report", "all"], default="all")
     ap.add_argument("--methods", nargs="+",
-                    default=["cnn_jepa", "cnn_jepa_paper", "byol", "simclr", "vicreg"])  # fmt: skip
+                    default=["cnn_jepa", "cnn_jepa_paper", "byol", "simclr", "vicreg", "lejepa",
+                             "cjepa", "ijepa", "lejepa_vit"])  # fmt: skip
     ap.add_argument("--budget-min", type=float, default=30.0, help="reference-machine minutes")
     ap.add_argument("--evals", type=int, default=6, help="evaluations after step 0")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--bank-size", type=int, default=10000)
+    ap.add_argument("--sel-size", type=int, default=5000,
+                    help="selection queries: training images outside the bank")  # fmt: skip
     ap.add_argument("--test-size", type=int, default=10000)
     ap.add_argument("--calib-steps", type=int, default=15)
     ap.add_argument("--reference-byol-s", type=float, default=0.0,

@@ -18,10 +18,9 @@ import copy
 
 import torch
 from curve_methods import TokenGrid
-from curve_report import _eval_sets, _features
+from curve_report import EvalSets
 from torch import Tensor, nn
 
-from jepa_lightning.callbacks.metrics import knn_accuracy, rankme
 from jepa_lightning.modules import MaskedResNet, recalibrate_batchnorm
 from jepa_lightning.modules.vit import ViTEncoder
 
@@ -46,6 +45,7 @@ def main() -> None:
     ap.add_argument("ckpt", nargs="+", help="Lightning checkpoints of CNNJEPA or CJEPA runs")
     ap.add_argument("--data", required=True)
     ap.add_argument("--bank-size", type=int, default=10000)
+    ap.add_argument("--sel-size", type=int, default=5000, help="selection queries (train images)")
     ap.add_argument("--test-size", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -54,9 +54,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    bank, bank_y, test, test_y = _eval_sets(args)
-    print("| checkpoint | step | encoder | k-NN top-1 | RankMe |")
-    print("|---|---|---|---|---|")
+    sets = EvalSets(args)
+    print("| checkpoint | step | encoder | k-NN sel | k-NN test | RankMe |")
+    print("|---|---|---|---|---|---|")
     for path in args.ckpt:
         ck = torch.load(path, map_location="cpu", weights_only=False)
         context = encoder_from(ck, "context_encoder.", args.last_stride)
@@ -66,13 +66,12 @@ def main() -> None:
         }
         if isinstance(context, MaskedResNet):
             encoders["online, BN recalibrated"] = recalibrate_batchnorm(
-                copy.deepcopy(context), bank[:5000].split(256)
+                copy.deepcopy(context), sets.bank[:5000].split(256)
             )
         for name, enc in encoders.items():
-            fb, fq = _features(enc, bank), _features(enc, test)
-            knn = knn_accuracy(fq, test_y, fb, bank_y, num_classes=10, topk=(1,))[1]
-            print(f"| {path} | {ck['global_step']} | {name} | {100 * knn:.2f} "
-                  f"| {rankme(fq):.1f} |", flush=True)  # fmt: skip
+            s = sets.score(enc)
+            print(f"| {path} | {ck['global_step']} | {name} | {s['sel']:.2f} | {s['test']:.2f} "
+                  f"| {s['rankme']:.1f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

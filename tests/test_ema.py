@@ -30,7 +30,10 @@ def test_warmup_cosine_lr_factor() -> None:
     assert warmup_cosine(0, 100, 10, 0.0, 1.0, 0.0) == 0.0
     assert warmup_cosine(5, 100, 10, 0.0, 1.0, 0.0) == pytest.approx(0.5)
     assert warmup_cosine(10, 100, 10, 0.0, 1.0, 0.0) == pytest.approx(1.0)
-    assert warmup_cosine(55, 100, 10, 0.0, 1.0, 0.1) == pytest.approx(0.55)
+    assert warmup_cosine(55, 101, 10, 0.0, 1.0, 0.1) == pytest.approx(0.55)  # cosine midpoint
+    # The final value is reached on the last step (index total - 1), not one step after it.
+    assert warmup_cosine(99, 100, 10, 0.0, 1.0, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(98, 100, 10, 0.0, 1.0, 0.1) > 0.1
     assert warmup_cosine(100, 100, 10, 0.0, 1.0, 0.1) == pytest.approx(0.1)
 
 

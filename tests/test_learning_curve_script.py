@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-METHODS = ["cnn_jepa", "cnn_jepa_paper:target_norm=batch", "byol", "ijepa", "cjepa:depth=2"]
+METHODS = ["cnn_jepa", "cnn_jepa_paper:target_norm=batch", "byol", "ijepa", "cjepa:depth=2",
+           "lejepa_vit:depth=2"]  # fmt: skip
 
 
 def _run(image_folder: Path, run_root: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -24,7 +25,8 @@ def _run(image_folder: Path, run_root: Path, *extra: str) -> subprocess.Complete
         "--data", str(image_folder), "--run-root", str(run_root), "--tag", "smoke",
         "--methods", *METHODS,
         "--budget-min", "0.05", "--fixed-steps", "3", "--evals", "1", "--batch-size", "4",
-        "--bank-size", "8", "--test-size", "6", "--calib-steps", "4", "--workers", "0",
+        "--bank-size", "8", "--sel-size", "4", "--test-size", "6", "--calib-steps", "4",
+        "--workers", "0",
         "--reference-byol-s", "0.62", "--ckpt-every", "2", "--threads", "2", *extra,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -46,13 +48,21 @@ def test_learning_curve_smoke(image_folder: Path, tmp_path: Path) -> None:
         steps = sorted(int(r["step"]) for r in rows if r["method"] == method)
         assert steps == [0, 3]  # the random init and the end of the planned schedule
     assert all(0 <= float(r["knn_top1"]) <= 100 and float(r["rankme"]) >= 1 for r in rows)
+    for r in rows:  # both encoders of the EMA methods, one of the others; planned and measured
+        ema = not r["method"].startswith("lejepa")
+        assert bool(r["knn_test_target"]) == ema and bool(r["knn_sel_target"]) == ema
+        assert r["knn_top1"] == r[f"knn_test_{r['encoder']}"]
+        assert float(r["minutes_measured"]) >= 0 and float(r["minutes_planned"]) >= 0
+        assert (float(r["minutes_measured"]) > 0) == (int(r["step"]) > 0)
     assert (tmp_path / "results/curve.png").stat().st_size > 1000
     vit_line, last = proc.stdout.strip().splitlines()[-2:]
     assert last.startswith("knn_top1@0.05min: cnn_jepa=")
-    for name in ("byol=", "simclr=nan", "vicreg=nan", "random=", "cnn_jepa_paper:target_norm="):
+    for name in ("byol=", "simclr=nan", "vicreg=nan", "lejepa=nan", "random=",
+                 "cnn_jepa_paper:target_norm="):  # fmt: skip
         assert name in last
     assert "ijepa" not in last and vit_line.startswith("vit_knn_top1@0.05min: cjepa=nan ijepa=")
-    assert "cjepa:depth=2=" in vit_line and "random=" in vit_line
+    assert "cjepa:depth=2=" in vit_line and "random=" in vit_line and "lejepa=nan" in vit_line
+    assert any(line.startswith("sel_knn_top1@0.05min: ") for line in proc.stdout.splitlines())
     assert sorted(p.stem for p in (tmp_path / "plans").glob("*.json")) == sorted(
         m.replace(":", "__").replace("=", "-") for m in METHODS
     )
@@ -78,15 +88,16 @@ def _check_online_vs_target(image_folder: Path, root: Path) -> None:
     args = [
         sys.executable, str(REPO / "benchmarks/online_vs_target.py"),
         str(root / "cnn_jepa/last.ckpt"), str(root / "ijepa/last.ckpt"),
-        "--data", str(image_folder), "--bank-size", "8", "--test-size", "6", "--workers", "0",
+        "--data", str(image_folder), "--bank-size", "8", "--sel-size", "4", "--test-size", "6",
+        "--workers", "0",
     ]  # fmt: skip
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if "last.ckpt" in line]
     by_run: dict[str, list[str]] = {}
-    for ckpt, _, encoder, knn, rankme in rows:
-        assert 0 <= float(knn) <= 100 and float(rankme) >= 1
+    for ckpt, _, encoder, sel, knn, rankme in rows:
+        assert 0 <= float(knn) <= 100 and 0 <= float(sel) <= 100 and float(rankme) >= 1
         by_run.setdefault(Path(ckpt.strip()).parent.name, []).append(encoder.strip())
     assert by_run == {
         "cnn_jepa": ["EMA target", "online (context)", "online, BN recalibrated"],

@@ -35,9 +35,11 @@ def warmup_cosine(
     peak: float = 1.0,
     end: float = 0.0,
 ) -> float:
-    """Linear warm-up from ``start`` to ``peak`` over ``warmup_steps``, then cosine to ``end``."""
+    """Linear warm-up from ``start`` to ``peak`` over ``warmup_steps``, then a cosine that reaches
+    ``end`` exactly at the last step (``total_steps - 1``): a run cut to any length still ends
+    on its final value."""
     if step < warmup_steps:
         return start + (peak - start) * step / max(1, warmup_steps)
-    decay_steps = max(1, total_steps - warmup_steps)
+    decay_steps = max(1, total_steps - 1 - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -232,7 +232,8 @@ class LinearEvaluation(EvaluationModule):
         def factor(epoch: int) -> float:
             if total is None:
                 return 1.0
-            return warmup_cosine(epoch, total, self.warmup_epochs, 0.0, 1.0, 0.0)
+            # Per epoch, the zero end is the epoch *after* the last: every epoch still learns.
+            return warmup_cosine(epoch, total + 1, self.warmup_epochs, 0.0, 1.0, 0.0)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "name": "lr"}}
