@@ -31,15 +31,19 @@ DRIFT = 0.10  # planned and measured minutes further apart than this are flagged
 def random_init(
     rows: list[dict[str, str]], specs: list[str], vit: bool, column: str = "knn_top1"
 ) -> tuple[float, str]:
-    """The random encoder: the mean k-NN (``column``) of the step-0 snapshots of ``specs`` (one
-    row per method, each its own random initialisation) of one architecture, and how it was
-    formed."""
-    inits = [float(r[column]) for r in rows if int(r["step"]) == 0
+    """The random encoder of one architecture: the mean k-NN (``column``) over the *distinct*
+    random initialisations among the step-0 snapshots of ``specs`` (methods built on the same
+    trunk from the same seed share one; identical scores on both query sets and RankMe mark a
+    shared initialisation), each counted once, and how it was formed."""
+    step0 = [r for r in rows if int(r["step"]) == 0
              and r["method"] in specs and is_vit(r["method"]) == vit]  # fmt: skip
+    inits = {(r["knn_top1"], r["sel_knn_top1"], r["rankme"]): float(r[column]) for r in step0}
     if not inits:
         return math.nan, "no step-0 rows"
-    return statistics.fmean(inits), (
-        f"mean of {len(inits)} step-0 snapshots, one per method ({min(inits):.2f}-{max(inits):.2f})"
+    values = list(inits.values())
+    return statistics.fmean(values), (
+        f"mean of {len(values)} distinct random initialisations among {len(step0)} step-0 "
+        f"snapshots ({min(values):.2f}-{max(values):.2f})"
     )
 
 
@@ -178,6 +182,10 @@ def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
           f"k-NN k=200 tau=0.1 against {args.bank_size} training images; selection queries "
           f"{args.sel_size} other training images, test queries {args.test_size} test images; "
           "each method on its protocol encoder (other encoder in brackets)")  # fmt: skip
+    for vit in (False, True):
+        value, how = random_init(rows, specs, vit)
+        if not math.isnan(value):
+            print(f"random {'ViT' if vit else 'ResNet-18'}: {value:.2f}, {how}")
     print("| method | encoder | steps | epochs | s/step here | planned min | measured min | "
           "final k-NN sel | final k-NN test | final RankMe |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -6,6 +6,7 @@ encoder each method is reported with, and a selection split disjoint from the k-
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -215,3 +216,20 @@ def test_selection_queries_are_training_images_outside_the_bank(image_folder: Pa
         assert not any(torch.equal(q, s) for s in sets.sel)
     with pytest.raises(ValueError, match="exceed"):
         EvalSets(_args(image_folder, sel_size=5))
+
+
+def test_random_line_counts_each_initialisation_once() -> None:
+    from curve_report import random_init
+
+    def row(method: str, knn: str, step: int = 0) -> dict[str, str]:
+        return {"method": method, "step": str(step), "knn_top1": knn, "sel_knn_top1": knn,
+                "rankme": "70.0"}  # fmt: skip
+
+    # Three peers share one trunk initialisation (31.22), the two CNN-JEPAs another (31.40):
+    # the random line is their plain mean, 31.31, not the row mean 31.29 (weighted 3:2).
+    rows = [row(m, "31.22") for m in ("byol", "simclr", "vicreg")]
+    rows += [row("cnn_jepa", "31.40"), row("cnn_jepa_paper", "31.40"), row("byol", "40.0", 5)]
+    specs = ["cnn_jepa", "cnn_jepa_paper", "byol", "simclr", "vicreg"]
+    value, how = random_init(rows, specs, vit=False)
+    assert value == pytest.approx(31.31) and how.startswith("mean of 2 distinct")
+    assert math.isnan(random_init(rows, specs, vit=True)[0])
