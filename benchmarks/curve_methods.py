@@ -37,7 +37,7 @@ JEPA_CONFIGS: dict[str, tuple[Path, str]] = {
 PAPER: dict[str, Any] = {
     "target_norm": "none",
     "zero_init_residual": False,
-    "vicreg": None,
+    "regularizer": None,
     "masking": None,
     "predictor_depth": 3,
     "lr@512": 0.01,
@@ -50,6 +50,13 @@ PAPER: dict[str, Any] = {
 
 #: Method options that are DataModule settings (the rest go to the model).
 DATA_KEYS = {"color_jitter", "grayscale", "shared_crop"}
+
+#: ``regularizer=<name>`` -> (class in ``jepa_lightning.losses``, its options): on one view.
+REGULARIZERS: dict[str, tuple[str, dict[str, float]]] = {
+    "varcov": ("VICRegTerms", {"sim_weight": 0}),  # C-JEPA's variance/covariance
+    "sigreg": ("SIGRegTerms", {}),
+    "visreg": ("VISRegTerms", {}),
+}
 
 MASKINGS = {
     "mixed": "jepa_lightning.masking.MixedMasking",
@@ -70,7 +77,7 @@ JEPA_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "cnn_jepa": ("cnn_jepa", {}),
     "cnn_jepa_paper": ("cnn_jepa", PAPER),
     "cjepa": ("cjepa", {}),
-    "ijepa": ("cjepa", {"vicreg_weight": 0.0, "views": 1}),  # I-JEPA: no VICReg, one view
+    "ijepa": ("cjepa", {"regularizer_weight": 0.0, "views": 1}),  # I-JEPA: no VICReg, one view
 }
 
 
@@ -144,10 +151,12 @@ def jepa_overrides(
     if "masking" in opts:
         kind = opts.pop("masking")
         out += ["--model.init_args.masking", "null" if kind is None else MASKINGS[kind]]
-    if opts.get("vicreg") == "varcov":  # C-JEPA's variance/covariance, one view
-        opts.pop("vicreg")
-        out += ["--model.init_args.vicreg", "jepa_lightning.losses.VICRegTerms",
-                "--model.init_args.vicreg.init_args.sim_weight", "0"]  # fmt: skip
+    if "vicreg" in opts:  # the spelling of earlier ablation specs (cnn_jepa:vicreg=varcov)
+        opts["regularizer"] = opts.pop("vicreg")
+    if opts.get("regularizer") in REGULARIZERS:  # e.g. regularizer=sigreg
+        cls, init = REGULARIZERS[opts.pop("regularizer")]
+        out += ["--model.init_args.regularizer", f"jepa_lightning.losses.{cls}"]
+        out += [f"--model.init_args.regularizer.init_args.{k}={v}" for k, v in init.items()]
     for key, value in opts.items():
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
         out += [f"--model.init_args.{key}", str(text)]

@@ -175,6 +175,7 @@ def plan(args: argparse.Namespace) -> None:
             "spec": spec,
             "step_s": step_s,
             "step_s_includes": "whole iteration: data loading, step, EMA, callbacks",
+            "calib_times_s": [round(t, 3) for t in clock.times],
             "ref_byol_step_s": ref,
             "ref_byol_step_s_before_after": bracket,
             "scale": scale,

@@ -132,7 +132,7 @@ def test_vicreg_branches_per_mode() -> None:
         model = _model(vicreg_mode=mode)
         masks = model.sample_masks(4)
         fwd = model.forward_masked(images, masks)
-        branches = model.vicreg_embeddings(fwd, masks, 1)
+        branches = model.regularizer_embeddings(fwd, masks, 1)
         assert len(branches) == count and all(z.shape == (4, 192) for z in branches)
         if mode == "encoders":
             torch.testing.assert_close(branches[1], model.embed(images))  # target patch mean
@@ -171,7 +171,7 @@ def test_split_batch_handles_lists_of_views() -> None:
 
 
 def test_old_vicreg_keys_are_deprecated_aliases_of_vicreg_terms() -> None:
-    with pytest.warns(DeprecationWarning, match="vicreg=VICRegTerms"):
+    with pytest.warns(DeprecationWarning, match="regularizer=VICRegTerms"):
         old = _model(sim_weight=2.0, cov_weight=5.0, gather_distributed=False)
     new = _model(vicreg=VICRegTerms(sim_weight=2.0, cov_weight=5.0, gather_distributed=False))
     for key in ("sim_weight", "std_weight", "cov_weight", "eps", "gather_distributed"):

@@ -65,8 +65,8 @@ def test_imagenet_config_is_the_paper_recipe() -> None:
     assert lr * m["final_lr_ratio"] == pytest.approx(1e-6) and m["warmup_epochs"] == 15
     assert m["optimizer"]["init_args"]["weight_decay"] == 0.04 and m["final_weight_decay"] == 0.4
     assert (m["ema_start"], m["ema_end"], m["ema_schedule"]) == (0.996, 1.0, "linear")
-    assert m["vicreg_weight"] == 0.001
-    vicreg = m["vicreg"]["init_args"]
+    assert m["regularizer_weight"] == 0.001
+    vicreg = m["regularizer"]["init_args"]
     assert (vicreg["sim_weight"], vicreg["std_weight"], vicreg["cov_weight"]) == (25.0, 25.0, 1.0)
 
 

@@ -24,6 +24,9 @@ MODULES = [
     "jepa_lightning.evaluation.finetune",
     "jepa_lightning.evaluation.knn",
     "jepa_lightning.evaluation.linear",
+    "jepa_lightning.losses.sigreg",
+    "jepa_lightning.losses.vicreg",
+    "jepa_lightning.losses.visreg",
 ]
 
 

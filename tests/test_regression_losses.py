@@ -47,6 +47,27 @@ VARIANTS: dict[str, list[str]] = {
     # reference is the config's entry as recorded before that change.
     "cifar10_cjepa_vit_tiny.yaml+views": ["--model.init_args.vicreg_mode", "views",
                                           "--data.init_args.num_views", "2"],
+    # The regulariser slot's other options (issue 33), recorded when they were added:
+    # SIGReg / VISReg at their defaults, with and without the projector, on both methods.
+    "quickstart.yaml+sigreg": ["--model.init_args.regularizer",
+                               "jepa_lightning.losses.SIGRegTerms",
+                               "--model.init_args.regularizer_weight", "0.05"],
+    "quickstart.yaml+sigreg_projector": ["--model.init_args.regularizer",
+                                         "jepa_lightning.losses.SIGRegTerms",
+                                         "--model.init_args.regularizer_weight", "0.05",
+                                         "--model.init_args.regularizer_projector", "[512, 128]"],
+    "quickstart.yaml+visreg": ["--model.init_args.regularizer",
+                               "jepa_lightning.losses.VISRegTerms",
+                               "--model.init_args.regularizer_weight", "1.5"],
+    "quickstart_cjepa.yaml+sigreg": ["--model.init_args.regularizer",
+                                     "jepa_lightning.losses.SIGRegTerms",
+                                     "--model.init_args.regularizer.init_args.sim_weight", "1.0",
+                                     "--model.init_args.regularizer_weight", "0.05"],
+    "quickstart_cjepa.yaml+visreg_projector": ["--model.init_args.regularizer",
+                                               "jepa_lightning.losses.VISRegTerms",
+                                               "--model.init_args.regularizer_weight", "1.5",
+                                               "--model.init_args.regularizer_projector",
+                                               "[256, 64]"],
 }  # fmt: skip
 
 #: Shrink the big models (structure kept: backbone, masking, VICReg options); the image size is

@@ -19,6 +19,7 @@ from jepa_lightning.data import (
 from jepa_lightning.evaluation import FineTune, KNNEvaluation, LinearEvaluation, load_pretrained
 from jepa_lightning.faults import DistributedFailureReport
 from jepa_lightning.methods import CJEPA, CNNJEPA, IJEPA, JEPAModule
+from jepa_lightning.preemption import Preempted, PreemptionCheckpoint
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,8 @@ __all__ = [
     "LinearEvaluation",
     "MaskImageLogger",
     "OnlineLinearProbe",
+    "Preempted",
+    "PreemptionCheckpoint",
     "SSLDataModule",
     "__version__",
     "load_pretrained",

@@ -18,7 +18,10 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback
+
+from jepa_lightning.preemption import Preempted
 
 #: The last failure :class:`DistributedFailureReport` reported in this process (for the CLI's
 #: final line), or ``None``.
@@ -63,6 +66,18 @@ class DistributedFailureReport(Callback):
         """Remember the parent process (rank 0, for a rank Lightning launched)."""
         self._parent = os.getppid()
 
+    def _parent_gone(self, deadline: float) -> bool:
+        """Whether the parent process has died, waiting until ``deadline`` for the sign of it: a
+        peer sees rank 0's sockets close (and fails) while the kernel is still tearing rank 0
+        down, a moment before this process is re-parented."""
+        assert self._parent is not None
+        while True:
+            if os.getppid() != self._parent or _state(self._parent) in ("Z", "X"):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
     def lost_ranks(self, trainer: pl.Trainer) -> list[str]:
         """One phrase per rank that is gone or stuck, as far as this process can tell."""
         first = trainer.node_rank * trainer.num_devices
@@ -77,18 +92,21 @@ class DistributedFailureReport(Callback):
                 found.append(f"rank {first + local} (pid {proc.pid}) {_exit_reason(code)}")
             elif code is None and _state(proc.pid) == "T":
                 found.append(f"rank {first + local} (pid {proc.pid}) is stopped and not answering")
-        if trainer.local_rank != 0 and self._parent is not None and os.getppid() != self._parent:
-            found.append(
-                f"the process that launched this one (pid {self._parent}; rank {first} under "
-                "Lightning's own launcher) is gone"
-            )
+        if trainer.local_rank != 0 and self._parent is not None and self._parent_gone(deadline):
+            env = getattr(trainer.strategy, "cluster_environment", None)
+            if isinstance(env, LightningEnvironment):  # Lightning's launcher: the parent is rank 0
+                found.append(f"rank {first} (pid {self._parent}, which launched this one) is gone")
+            else:  # e.g. torchrun's agent
+                found.append(f"the process that launched this one (pid {self._parent}) is gone")
         return found
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """Report lost ranks on stderr, then SIGKILL the ranks this process launched."""
-        if trainer.world_size < 2:
+        """Report lost ranks on stderr, then SIGKILL the ranks this process launched. A
+        preemption (:class:`~jepa_lightning.preemption.Preempted`) is not a failure: every rank
+        is stopping by itself after the same checkpoint."""
+        if trainer.world_size < 2 or isinstance(exception, Preempted):
             return
         lost = self.lost_ranks(trainer)
         rank = trainer.global_rank
@@ -96,7 +114,8 @@ class DistributedFailureReport(Callback):
             global last_report
             last_report = (
                 f"[rank {rank}] Distributed training failed because {'; '.join(lost)} "
-                f"({type(exception).__name__}). Resume from the last checkpoint with --ckpt_path."
+                f"({type(exception).__name__}). Resume from the last checkpoint: rerun the same "
+                "command (with resume: auto) or give --ckpt_path."
             )
             print(last_report, file=sys.stderr, flush=True)
         for proc in getattr(trainer.strategy.launcher, "procs", []):

@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 #: Domain tags so that e.g. the data seed and the mask seed never coincide for equal inputs.
-DATA_ORDER, DATA_SAMPLE, MASKS = 1, 2, 3
+#: ``DIRECTIONS``: the random directions of the SIGReg / VISReg regularisers.
+DATA_ORDER, DATA_SAMPLE, MASKS, DIRECTIONS = 1, 2, 3, 4
 
 _U64 = (1 << 64) - 1
 

@@ -207,6 +207,7 @@ def embed_dataset(
         num_workers=template.num_workers,
         collate_fn=template.collate_fn,
         pin_memory=template.pin_memory,
+        worker_init_fn=template.worker_init_fn,
         generator=torch.Generator().manual_seed(0),
     )
     features, labels = [], []

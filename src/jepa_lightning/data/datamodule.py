@@ -21,6 +21,7 @@ from jepa_lightning.data.transforms import (
     eval_transform,
     ssl_transform,
 )
+from jepa_lightning.preemption import ignore_preemption_signals
 from jepa_lightning.seeding import global_seed
 
 
@@ -165,6 +166,7 @@ class SSLDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            worker_init_fn=ignore_preemption_signals,  # SLURM signals workers too
         )
 
     def _train_loader(self, dataset: Dataset | None) -> DataLoader:
@@ -179,6 +181,7 @@ class SSLDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            worker_init_fn=ignore_preemption_signals,  # SLURM signals workers too
         )
         self._train_state, self._train_loader_built = {}, loader
         return loader

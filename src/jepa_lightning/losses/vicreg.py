@@ -16,18 +16,12 @@ from itertools import combinations
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 from lightly.loss.vicreg_loss import covariance_loss, invariance_loss, variance_loss
-from lightly.utils.dist import gather
-from torch import Tensor, nn
+from torch import Tensor
 
+from jepa_lightning.losses.regularizer import Regularizer, gather_batch
 
-def gather_batch(z: Tensor, dim: int = 0) -> Tensor:
-    """Concatenate ``z`` from every process along ``dim``, with gradients flowing back to each
-    process's own slice (identity without an initialised process group of size > 1)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return z
-    return torch.cat(gather(z.contiguous()), dim=dim)
+__all__ = ["VICRegOutput", "VICRegTerms", "gather_batch"]
 
 
 class VICRegOutput(NamedTuple):
@@ -48,7 +42,7 @@ class VICRegOutput(NamedTuple):
         }
 
 
-class VICRegTerms(nn.Module):
+class VICRegTerms(Regularizer):
     """VICReg on one or more ``(B, D)`` embeddings ("branches") of the same images.
 
     ``loss = sim_weight · invariance + std_weight · variance + cov_weight · covariance`` with
@@ -68,6 +62,16 @@ class VICRegTerms(nn.Module):
         cov_weight: Weight ν of the covariance term (VICReg: 1).
         eps: ε inside the square root of the variance term.
         gather_distributed: Compute variance and covariance over the batch of all processes.
+
+    Example:
+        >>> import torch
+        >>> from jepa_lightning.losses import VICRegTerms
+        >>> z_a, z_b = torch.randn(8, 16), torch.randn(8, 16)  # two (B, D) branches
+        >>> out = VICRegTerms()(z_a, z_b)
+        >>> sorted(out.scalars())
+        ['vic_covariance', 'vic_invariance', 'vic_variance', 'vicreg_loss']
+        >>> VICRegTerms(sim_weight=0.0)(z_a).invariance  # one branch: variance + covariance
+        tensor(0.)
     """
 
     def __init__(
@@ -90,25 +94,19 @@ class VICRegTerms(nn.Module):
         """All three weights are 0: the sum is identically 0 (callers skip computing it)."""
         return self.sim_weight == 0 and self.std_weight == 0 and self.cov_weight == 0
 
-    def forward(self, *embeddings: Tensor) -> VICRegOutput:
-        if not embeddings or any(z.ndim != 2 for z in embeddings):
-            raise ValueError("VICRegTerms expects one or more (B, D) embeddings")
-        with torch.autocast(embeddings[0].device.type, enabled=False):
-            zs = torch.stack([z.float() for z in embeddings])  # (n, B, D)
-            if zs.shape[1] < 2:
-                raise ValueError("VICReg's variance needs at least 2 samples per batch")
-            pairs = list(combinations(range(len(embeddings)), 2))
-            invariance = (
-                torch.stack([invariance_loss(zs[i], zs[j]) for i, j in pairs]).mean()
-                if pairs
-                else zs.new_zeros(())
-            )
-            full = gather_batch(zs, dim=1) if self.gather_distributed else zs  # (n, W·B, D)
-            variance = torch.stack([variance_loss(z, eps=self.eps) for z in full]).mean()
-            covariance = torch.stack([covariance_loss(z) for z in full]).sum()
-            loss = (
-                self.sim_weight * invariance
-                + self.std_weight * variance
-                + self.cov_weight * covariance
-            )
+    def terms(self, zs: Tensor, step: int) -> VICRegOutput:
+        """The three terms of the branches ``zs`` ``(n, B, D)`` (no random draws: ``step`` is
+        unused)."""
+        pairs = list(combinations(range(zs.shape[0]), 2))
+        invariance = (
+            torch.stack([invariance_loss(zs[i], zs[j]) for i, j in pairs]).mean()
+            if pairs
+            else zs.new_zeros(())
+        )
+        full = gather_batch(zs, dim=1) if self.gather_distributed else zs  # (n, W·B, D)
+        variance = torch.stack([variance_loss(z, eps=self.eps) for z in full]).mean()
+        covariance = torch.stack([covariance_loss(z) for z in full]).sum()
+        loss = (
+            self.sim_weight * invariance + self.std_weight * variance + self.cov_weight * covariance
+        )
         return VICRegOutput(loss, invariance, variance, covariance)

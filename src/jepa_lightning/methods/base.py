@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 from jepa_lightning.callbacks.ema import EMAMomentumSchedule
 from jepa_lightning.data.batch import split_batch
-from jepa_lightning.losses.vicreg import VICRegTerms
 from jepa_lightning.methods.checks import check_finite_parameters, setup_batchnorm
 from jepa_lightning.methods.optim import cosine_weight_decay, warmup_cosine_lr
+from jepa_lightning.methods.regularization import RegularizerSlot
 from jepa_lightning.schedules import ScheduleKind
 from jepa_lightning.seeding import MASKS, derive_seed
 
@@ -25,14 +25,14 @@ from jepa_lightning.seeding import MASKS, derive_seed
 EncoderChoice = Literal["target", "context"]
 
 
-class JEPAModule(pl.LightningModule):
+class JEPAModule(RegularizerSlot, pl.LightningModule):
     """Base class of the JEPA methods. It wires, logs and schedules; the maths lives in
     ``nn.Module``s that subclasses build.
 
     A subclass sets ``self.context_encoder`` and ``self.target_encoder`` (an EMA copy) and
     implements the hooks of one training step; :meth:`shared_step` (not overridable) runs them::
 
-        views -> sample_masks -> forward_masked -> loss (+ vicreg_weight · VICReg) -> outputs
+        views -> sample_masks -> forward_masked -> loss (+ regularizer_weight · R) -> outputs
 
     * :meth:`sample_masks` — masks for a batch, from :attr:`mask_generator`;
     * :meth:`forward_masked` — images ``(V·B, 3, H, W)`` and masks -> the method's forward
@@ -40,7 +40,8 @@ class JEPAModule(pl.LightningModule):
     * :meth:`loss` — the method's own loss: a dict with ``"loss"`` and any other scalars to log;
     * :meth:`pooled_target` — the forward's pooled target features ``(V·B, D)`` (the detached
       ``"embedding"`` output the monitors read);
-    * :meth:`vicreg_embeddings` — the ``(B, D)`` branches of the optional VICReg regulariser;
+    * :meth:`regularizer_embeddings` — the ``(B, D)`` branches of the optional regulariser
+      (:class:`~jepa_lightning.methods.regularization.RegularizerSlot`);
     * :attr:`num_views` — augmented views per image the loss uses (default 1);
     * :meth:`features` — images -> pooled features ``(B, D)`` of :attr:`feature_encoder`,
       with gradients; :meth:`embed` is its no-grad evaluation wrapper;
@@ -81,8 +82,10 @@ class JEPAModule(pl.LightningModule):
             raise TypeError(
                 f"{cls.__name__} overrides shared_step, which would skip the view checks and "
                 "the channels-last conversion: implement sample_masks, forward_masked and loss "
-                "(and optionally pooled_target, vicreg_embeddings, num_views) instead."
+                "(and optionally pooled_target, regularizer_embeddings, num_views) instead."
             )
+        if "vicreg_embeddings" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: vicreg_embeddings is now regularizer_embeddings.")
 
     def __init__(
         self,
@@ -108,9 +111,10 @@ class JEPAModule(pl.LightningModule):
         self.ema_schedule = ema_schedule
         self.mask_seed = mask_seed
         self.nan_check_every_n_steps = nan_check_every_n_steps
-        # C-JEPA's VICReg regulariser and its weight β_vicreg (set by the methods offering it).
-        self.vicreg: VICRegTerms | None = None
-        self.vicreg_weight = 0.0
+        # The anti-collapse regulariser, its weight and projector (set_regularizer).
+        self.regularizer = None
+        self.regularizer_weight = 0.0
+        self.regularizer_projector = None
         self._mask_generator: torch.Generator | None = None
         self._last_finite_loss = float("nan")
 
@@ -137,10 +141,6 @@ class JEPAModule(pl.LightningModule):
         default all views concatenated, ``(V·B, 3, H, W)``, each image with its own masks."""
         return torch.cat(views) if len(views) > 1 else views[0]
 
-    def vicreg_embeddings(self, fwd: Any, masks: Any, num_views: int) -> list[Tensor]:
-        """The ``(B, D)`` branches VICReg compares; ``fwd`` holds ``num_views`` views."""
-        raise NotImplementedError
-
     def features(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, D)`` pooled float32 features of :attr:`feature_encoder`,
         with gradients (fine-tuning)."""
@@ -157,11 +157,6 @@ class JEPAModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- the training step
     @property
-    def uses_vicreg(self) -> bool:
-        """The VICReg regulariser is on (set, with a non-zero weight and a non-zero term)."""
-        return self.vicreg is not None and self.vicreg_weight != 0 and not self.vicreg.is_zero
-
-    @property
     def num_views(self) -> int:
         """Augmented views per image the loss uses (stacked ``(B, V, 3, H, W)`` when > 1)."""
         return 1
@@ -175,7 +170,7 @@ class JEPAModule(pl.LightningModule):
         with ``"loss"``, the scalars to log and the detached ``"embedding"`` ``(B, D)``."""
         views = list(images.unbind(dim=1)) if images.ndim == 5 else [images]  # V × (B, 3, H, W)
         n = self.num_views
-        # Evaluation loaders give one view: there the VICReg sum has no invariance term.
+        # Evaluation loaders give one view: there the regulariser has no invariance term.
         if len(views) < n and self.training:
             raise ValueError(
                 f"{type(self).__name__} uses {n} augmented views per image here, the batch has "
@@ -190,10 +185,8 @@ class JEPAModule(pl.LightningModule):
         fwd = self.forward_masked(batch, masks)
         out = self.loss(fwd, masks)
         out["embedding"] = self.pooled_target(fwd)[:b].detach().float()  # (B, D)
-        if self.uses_vicreg and b > 1:  # (a last evaluation batch of 1 has no variance)
-            vic = self.vicreg(*self.vicreg_embeddings(fwd, masks, len(views)))  # type: ignore[misc]
-            out.update(jepa_loss=out["loss"], **vic.scalars())
-            out["loss"] = out["loss"] + self.vicreg_weight * vic.loss
+        if self.uses_regularizer and b > 1:  # (a last evaluation batch of 1 has no variance)
+            self.add_regularizer(out, fwd, masks, len(views))
         return out
 
     # ---------------------------------------------------------------- features
@@ -228,6 +221,7 @@ class JEPAModule(pl.LightningModule):
     # ---------------------------------------------------------------- Lightning plumbing
     def setup(self, stage: str) -> None:
         setup_batchnorm(self, self.trainer, stage)  # masked BN sync; batch size >= 2
+        self.check_regularizer(stage)  # no projector without a regulariser
 
     def split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """``images`` or ``(images, labels, ...)`` -> ``(images, labels | None)``; several views

@@ -12,8 +12,11 @@ Specification implemented (``docs/c_jepa.md`` has the long form and the reasons)
 * **C-JEPA part**: ``L = L_JEPA + β_vicreg · (β_sim · L_inv + β_std · L_var + β_cov · L_cov)``
   with ``β_vicreg = 0.001`` and ``β_sim, β_std, β_cov = 25, 25, 1`` (the paper's Eq. 21–22),
   the VICReg terms of :class:`~jepa_lightning.losses.VICRegTerms` (variance/covariance over
-  the global batch under DDP).
-* **Where the VICReg terms apply** (``vicreg_mode``; the paper is ambiguous):
+  the global batch under DDP): the default of the ``regularizer`` slot (``regularizer_weight``
+  is β_vicreg), which also takes :class:`~jepa_lightning.losses.SIGRegTerms` or
+  :class:`~jepa_lightning.losses.VISRegTerms` on the same embeddings.
+* **Where the VICReg terms apply** (``vicreg_mode``, for any regulariser; the paper is
+  ambiguous):
   ``views`` (default) — on the patch-mean context-encoder embeddings ``(B, D)`` of two
   augmented views of each image, each view also giving its own I-JEPA loss (the abstract's
   "invariance in the mean of augmented views" and the stated defect of I-JEPA: "learning the
@@ -21,8 +24,8 @@ Specification implemented (``docs/c_jepa.md`` has the long form and the reasons)
   embeddings of one view; ``blocks`` — the predictor's outputs mean-pooled per target block,
   VICReg across the blocks of one view.
 
-With ``vicreg_weight = 0`` (or :class:`IJEPA`) no VICReg term is computed and only the first
-view is used: the module *is* I-JEPA.
+With ``regularizer_weight = 0`` (or :class:`IJEPA`) no regulariser is computed and only the
+first view is used: the module *is* I-JEPA.
 """
 
 from __future__ import annotations
@@ -37,35 +40,39 @@ from jsonargparse import lazy_instance
 from torch import Tensor
 
 from jepa_lightning.losses.ijepa import ijepa_loss, layer_norm_targets
+from jepa_lightning.losses.regularizer import Regularizer
 from jepa_lightning.losses.vicreg import VICRegTerms
 from jepa_lightning.masking.ijepa import IJEPAMultiBlockMasking, PatchMasks
 from jepa_lightning.methods.base import JEPAModule
+from jepa_lightning.methods.regularization import UNSET, Unset, resolve_aliases
 from jepa_lightning.modules.vit import ViTArch, ViTEncoder, gather_tokens
 from jepa_lightning.modules.vit_predictor import ViTPredictor
 from jepa_lightning.schedules import ScheduleKind
 
 #: The default VICReg terms, the paper's 25 / 25 / 1 (lazy: the CLI shows them as a class).
 _PAPER_VICREG = lazy_instance(VICRegTerms)
-#: The VICReg options of CJEPA before they became one ``vicreg: VICRegTerms`` (deprecated).
+#: The VICReg options of CJEPA before they became one ``regularizer: VICRegTerms`` (deprecated).
 _LEGACY_KEYS = ("sim_weight", "std_weight", "cov_weight", "gather_distributed")
 
 VICRegMode = Literal["views", "encoders", "blocks"]
 
 
-def _legacy_vicreg(vicreg: VICRegTerms | None, kwargs: dict[str, Any]) -> VICRegTerms | None:
+def _legacy_vicreg(regularizer: Regularizer | None, kwargs: dict[str, Any]) -> Regularizer | None:
     """Apply (and remove from ``kwargs``) the deprecated ``sim_weight``, ``std_weight``,
     ``cov_weight`` and ``gather_distributed`` options, e.g. of an old checkpoint."""
     legacy = {key: kwargs.pop(key) for key in _LEGACY_KEYS if key in kwargs}
     if not legacy:
-        return vicreg
+        return regularizer
     warnings.warn(
         f"CJEPA's {', '.join(legacy)} are deprecated and will be removed in the next version: "
-        "use vicreg=VICRegTerms(...) (YAML: vicreg: {class_path: "
+        "use regularizer=VICRegTerms(...) (YAML: regularizer: {class_path: "
         "jepa_lightning.losses.VICRegTerms, init_args: {...}}), as CNNJEPA.",
         DeprecationWarning,
         stacklevel=3,
     )
-    base = vicreg if vicreg is not None else VICRegTerms()
+    if regularizer is not None and not isinstance(regularizer, VICRegTerms):
+        raise TypeError(f"{', '.join(legacy)} are VICRegTerms options, the regulariser is not")
+    base = regularizer if regularizer is not None else VICRegTerms()
     options = {key: getattr(base, key) for key in (*_LEGACY_KEYS, "eps")}
     return VICRegTerms(**{**options, **legacy})
 
@@ -92,12 +99,19 @@ class CJEPA(JEPAModule):
         predictor_depth: Predictor depth (I-JEPA reference: 12).
         predictor_num_heads: Predictor attention heads; ``None`` = the encoder's (reference).
         masking: Multi-block mask generator on the patch grid; ``None`` = the paper's settings.
-        vicreg: The VICReg terms with their weights β_sim, β_std, β_cov (paper: 25 / 25 / 1,
-            the default) and ``gather_distributed`` (variance and covariance over the batch of
-            all processes under DDP); the same option, and YAML shape, as
-            :class:`~jepa_lightning.CNNJEPA`'s. ``None`` = no VICReg term (I-JEPA).
-        vicreg_weight: β_vicreg, weight of the VICReg sum (paper: 0.001); 0 = I-JEPA.
-        vicreg_mode: Where the VICReg terms apply: ``views`` (two augmented views, needs
+        regularizer: The regulariser: by default C-JEPA's VICReg terms with their weights
+            β_sim, β_std, β_cov (paper: 25 / 25 / 1) and ``gather_distributed`` (variance and
+            covariance over the batch of all processes under DDP); or
+            :class:`~jepa_lightning.losses.SIGRegTerms` /
+            :class:`~jepa_lightning.losses.VISRegTerms`. The same option, and YAML shape, as
+            :class:`~jepa_lightning.CNNJEPA`'s. ``None`` = no regulariser (I-JEPA).
+        regularizer_weight: Its weight (C-JEPA's β_vicreg: 0.001); 0 = I-JEPA.
+        regularizer_projector: Widths of a small MLP between the embeddings and the regulariser
+            (BatchNorm1d + ReLU between layers, as LeJEPA's); ``None`` (default) = none.
+        vicreg: Deprecated spelling of ``regularizer`` (``unset``: not given); when given it
+            replaces ``regularizer``, with a warning.
+        vicreg_weight: Deprecated spelling of ``regularizer_weight`` (``None``: not given).
+        vicreg_mode: Where the regulariser applies: ``views`` (two augmented views, needs
             ``data.init_args.num_views: 2``), ``encoders`` or ``blocks`` (one view).
         ema_schedule: Shape of the EMA momentum ramp (I-JEPA: linear 0.996 -> 1.0).
         final_weight_decay: Weight decay at the end of a cosine ramp from the optimiser's
@@ -110,7 +124,7 @@ class CJEPA(JEPAModule):
         >>> from jepa_lightning.losses import VICRegTerms
         >>> model = CJEPA(arch="vit_tiny", patch_size=4, image_size=32, depth=1,
         ...               predictor_embed_dim=48, predictor_depth=1,
-        ...               vicreg=VICRegTerms(sim_weight=25.0, std_weight=25.0, cov_weight=1.0))
+        ...               regularizer=VICRegTerms(sim_weight=25.0, std_weight=25.0, cov_weight=1.0))
         >>> views = torch.randn(4, 2, 3, 32, 32)  # (B, V, 3, H, W): two views per image
         >>> out = model.shared_step(views)
         >>> out["loss"].backward()
@@ -118,6 +132,16 @@ class CJEPA(JEPAModule):
         ['vic_covariance', 'vic_invariance', 'vic_variance', 'vicreg_loss']
         >>> model.embed(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 192])
+
+        VISReg (or SIGReg) in the same slot, on the same two views' patch means:
+
+        >>> from jepa_lightning.losses import VISRegTerms
+        >>> model = CJEPA(arch="vit_tiny", patch_size=4, image_size=32, depth=1,
+        ...               predictor_embed_dim=48, predictor_depth=1,
+        ...               regularizer=VISRegTerms(num_slices=64), regularizer_weight=1.0)
+        >>> out = model.shared_step(views)
+        >>> sorted(k for k in out if k.startswith("vis"))
+        ['vis_center', 'vis_invariance', 'vis_scale', 'vis_shape', 'visreg_loss']
     """
 
     def __init__(
@@ -130,16 +154,22 @@ class CJEPA(JEPAModule):
         predictor_depth: int = 12,
         predictor_num_heads: int | None = None,
         masking: IJEPAMultiBlockMasking | None = None,
-        vicreg: VICRegTerms | None = _PAPER_VICREG,
-        vicreg_weight: float = 0.001,
+        regularizer: Regularizer | None = _PAPER_VICREG,
+        regularizer_weight: float = 0.001,
+        regularizer_projector: list[int] | None = None,
+        vicreg: VICRegTerms | Unset | None = UNSET,
+        vicreg_weight: float | None = None,
         vicreg_mode: VICRegMode = "views",
         ema_schedule: ScheduleKind = "linear",
         final_weight_decay: float | None = 0.4,
         **kwargs: Any,
     ) -> None:
-        vicreg = _legacy_vicreg(vicreg, kwargs)
+        regularizer, regularizer_weight = resolve_aliases(
+            "CJEPA", regularizer, regularizer_weight, vicreg, vicreg_weight
+        )
+        regularizer = _legacy_vicreg(regularizer, kwargs)
         super().__init__(ema_schedule=ema_schedule, final_weight_decay=final_weight_decay, **kwargs)
-        self.save_hyperparameters(ignore=["masking", "optimizer", "vicreg"])
+        self.save_hyperparameters(ignore=["masking", "optimizer", "regularizer", "vicreg"])
         if vicreg_mode not in ("views", "encoders", "blocks"):
             raise ValueError(f"vicreg_mode must be views, encoders or blocks, not {vicreg_mode!r}")
         self.context_encoder = ViTEncoder(arch, image_size, patch_size, depth)
@@ -154,8 +184,7 @@ class CJEPA(JEPAModule):
             depth=predictor_depth,
             num_heads=predictor_num_heads or self.context_encoder.num_heads,
         )
-        self.vicreg = copy.deepcopy(vicreg)  # (the default is one shared lazy instance)
-        self.vicreg_weight = vicreg_weight
+        self.set_regularizer(regularizer, regularizer_weight, regularizer_projector)
         self.vicreg_mode = vicreg_mode
 
     @property
@@ -165,7 +194,7 @@ class CJEPA(JEPAModule):
     @property
     def num_views(self) -> int:
         """Augmented views per image the loss uses: 2 for ``vicreg_mode="views"``."""
-        return 2 if self.uses_vicreg and self.vicreg_mode == "views" else 1
+        return 2 if self.uses_regularizer and self.vicreg_mode == "views" else 1
 
     def views_hint(self) -> str:
         return " (vicreg_mode='views'), or choose vicreg_mode 'encoders' or 'blocks'"
@@ -193,10 +222,10 @@ class CJEPA(JEPAModule):
     def pooled_target(self, fwd: JEPAForward) -> Tensor:
         return fwd.target_tokens.mean(dim=1)  # (V·B, D)
 
-    def vicreg_embeddings(
+    def regularizer_embeddings(
         self, fwd: JEPAForward, masks: PatchMasks, num_views: int
     ) -> list[Tensor]:
-        """The ``(B, D)`` branches VICReg compares, per ``vicreg_mode``. ``fwd`` holds the
+        """The ``(B, D)`` branches the regulariser sees, per ``vicreg_mode``. ``fwd`` holds the
         ``num_views`` views concatenated along the batch."""
         if self.vicreg_mode == "views":
             # NOTE: the patch mean is taken over each view's context tokens — the pass the
@@ -230,10 +259,10 @@ class CJEPA(JEPAModule):
 
 
 class IJEPA(CJEPA):
-    """I-JEPA: :class:`CJEPA` with the VICReg terms off (one view, no extra cost).
+    """I-JEPA: :class:`CJEPA` with the regulariser off (one view, no extra cost).
 
     Args:
-        vicreg_weight: 0 (I-JEPA). Any other value turns this into a C-JEPA.
+        regularizer_weight: 0 (I-JEPA). Any other value turns this into a C-JEPA.
         **kwargs: Options of :class:`CJEPA`.
 
     Example:
@@ -241,12 +270,12 @@ class IJEPA(CJEPA):
         >>> from jepa_lightning import IJEPA
         >>> model = IJEPA(arch="vit_tiny", patch_size=4, image_size=32, depth=1,
         ...               predictor_embed_dim=48, predictor_depth=1)
-        >>> model.num_views, model.uses_vicreg
+        >>> model.num_views, model.uses_regularizer
         (1, False)
         >>> out = model.shared_step(torch.randn(4, 3, 32, 32))
         >>> out["loss"] is out["jepa_loss"]
         True
     """
 
-    def __init__(self, vicreg_weight: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(vicreg_weight=vicreg_weight, **kwargs)
+    def __init__(self, regularizer_weight: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(regularizer_weight=regularizer_weight, **kwargs)

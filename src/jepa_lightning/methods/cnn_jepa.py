@@ -15,9 +15,11 @@ from jepa_lightning.losses.jepa import (
     normalize_targets,
     normalized_smooth_l1,
 )
+from jepa_lightning.losses.regularizer import Regularizer
 from jepa_lightning.losses.vicreg import VICRegTerms
 from jepa_lightning.masking.grid import GridMasks, MaskGenerator, MixedMasking
 from jepa_lightning.methods.base import JEPAModule
+from jepa_lightning.methods.regularization import UNSET, Unset, resolve_aliases
 from jepa_lightning.modules.conv_predictor import ConvPredictor
 from jepa_lightning.modules.masked_resnet import (
     MaskedResNet,
@@ -57,20 +59,29 @@ class CNNJEPA(JEPAModule):
             on GPUs with tensor cores, and with bf16).
         compile: ``torch.compile`` the encoders and the predictor in place (state-dict keys
             unchanged); fuses the masked BatchNorm's elementwise work.
-        vicreg: C-JEPA's VICReg regulariser (the same :class:`~jepa_lightning.losses.VICRegTerms`
-            the :class:`~jepa_lightning.CJEPA` module uses); ``None`` (default) = the paper's
-            CNN-JEPA, which has none. The loss becomes ``L_JEPA + vicreg_weight · (sim · L_inv +
-            std · L_var + cov · L_cov)`` (C-JEPA's Eq. 21–22), on the context encoder's output
-            average-pooled over each image's **visible** cells, ``(B, C)`` per view. That is the
-            CNN counterpart of our C-JEPA reading (``vicreg_mode="views"``: the patch mean of
-            the context encoder's tokens): it regularises the online encoder that learns, whose
+        regularizer: Anti-collapse regulariser: C-JEPA's VICReg terms
+            (:class:`~jepa_lightning.losses.VICRegTerms`, as :class:`~jepa_lightning.CJEPA`),
+            LeJEPA's :class:`~jepa_lightning.losses.SIGRegTerms` or
+            :class:`~jepa_lightning.losses.VISRegTerms`; ``None`` (default) = the paper's
+            CNN-JEPA, which has none. The loss becomes ``L_JEPA + regularizer_weight · R(z)``
+            (with VICReg: C-JEPA's Eq. 21–22), ``z`` the context encoder's output average-pooled
+            over each image's **visible** cells, ``(B, C)`` per view. That is the CNN
+            counterpart of our C-JEPA reading (``vicreg_mode="views"``: the patch mean of the
+            context encoder's tokens): it regularises the online encoder that learns, whose
             pooled output is what collapses, and it reuses the pass the JEPA loss already makes.
-            The invariance term compares two augmented views of each image: with
-            ``sim_weight != 0`` set ``data.init_args.num_views: 2``; both views then get their own
-            masks and JEPA loss (one batch of ``2B``, as C-JEPA). With ``sim_weight: 0`` only
-            variance and covariance run, on one view, at no extra encoder cost. Variance and
-            covariance see the global batch under DDP (``gather_distributed``).
-        vicreg_weight: β_vicreg, the weight of the VICReg sum (C-JEPA: 0.001).
+            An invariance term (``sim_weight != 0``) compares two augmented views of each image:
+            set ``data.init_args.num_views: 2``; both views then get their own masks and JEPA
+            loss (one batch of ``2B``, as C-JEPA). With ``sim_weight: 0`` the regulariser runs
+            on one view at no extra encoder cost. Its batch statistics see the global batch
+            under DDP (``gather_distributed``).
+        regularizer_weight: Weight of the regulariser (C-JEPA's β_vicreg: 0.001; LeJEPA's λ:
+            0.02–0.05).
+        regularizer_projector: Widths of a small MLP between the embedding and the regulariser
+            (torchvision's ``MLP``, BatchNorm1d + ReLU between layers; LeJEPA's minimal example:
+            ``[2048, 2048, 128]``); ``None`` (default) = none, the regulariser sees ``z``.
+        vicreg: Deprecated spelling of ``regularizer`` (``unset``: not given); when given it
+            replaces ``regularizer``, with a warning.
+        vicreg_weight: Deprecated spelling of ``regularizer_weight`` (``None``: not given).
         sparse_backend: How the context encoder's masked forward runs: ``masked_dense``
             (default) or ``minkowski`` (MinkowskiEngine sparse convolution, an optional extra).
             Same parameters and checkpoints, same function; the target encoder is dense.
@@ -91,7 +102,8 @@ class CNNJEPA(JEPAModule):
             own colour jitter / grayscale), so the predictor must infer the target's
             clean-image features at the masked cells from visible cells in other colours.
             NOTE: not in the paper, whose augmentation is crop and flip only; measured on
-            CIFAR-10 in benchmarks/RESULTS.md. Not combinable with the VICReg invariance term.
+            CIFAR-10 in benchmarks/RESULTS.md. Not combinable with a regulariser's invariance
+            term.
         **kwargs: Optimisation, EMA and logging options of :class:`JEPAModule`.
 
     Example:
@@ -104,6 +116,20 @@ class CNNJEPA(JEPAModule):
         ['context_ratio', 'embedding', 'loss', 'target_ratio']
         >>> model.embed(torch.randn(2, 3, 32, 32)).shape  # EMA target encoder, pooled
         torch.Size([2, 512])
+
+        With LeJEPA's SIGReg on a small projector of the pooled context (VICRegTerms and
+        VISRegTerms plug into the same slot):
+
+        >>> from jepa_lightning.losses import SIGRegTerms
+        >>> model = CNNJEPA(backbone="resnet18", small_images=True, image_size=32,
+        ...                 regularizer=SIGRegTerms(num_vectors=64), regularizer_weight=0.05,
+        ...                 regularizer_projector=[64, 16])
+        >>> out = model.shared_step(torch.randn(4, 3, 32, 32))
+        >>> out["loss"].backward()
+        >>> sorted(k for k in out if k.startswith("sigreg"))
+        ['sigreg_invariance', 'sigreg_loss', 'sigreg_statistic']
+        >>> model.regularizer_projector(torch.randn(4, 512)).shape  # SIGReg sees (B, 16)
+        torch.Size([4, 16])
     """
 
     def __init__(
@@ -118,8 +144,11 @@ class CNNJEPA(JEPAModule):
         masking: MaskGenerator | None = None,
         channels_last: bool = False,
         compile: bool = False,
-        vicreg: VICRegTerms | None = None,
-        vicreg_weight: float = 0.001,
+        regularizer: Regularizer | None = None,
+        regularizer_weight: float = 0.001,
+        regularizer_projector: list[int] | None = None,
+        vicreg: VICRegTerms | Unset | None = UNSET,
+        vicreg_weight: float | None = None,
         sparse_backend: SparseBackend = "masked_dense",
         target_norm: TargetNorm = "none",
         zero_init_residual: bool = False,
@@ -128,16 +157,19 @@ class CNNJEPA(JEPAModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        regularizer, regularizer_weight = resolve_aliases(
+            "CNNJEPA", regularizer, regularizer_weight, vicreg, vicreg_weight
+        )
         if context_view not in ("same", "other"):
             raise ValueError(f"context_view must be 'same' or 'other', got {context_view!r}")
-        if context_view == "other" and vicreg is not None and vicreg.sim_weight != 0:
+        if context_view == "other" and regularizer is not None and regularizer.compares_views:
             raise ValueError(
-                "context_view='other' and the VICReg invariance term (vicreg sim_weight != 0) "
-                "both use the second view; set vicreg.init_args.sim_weight: 0 or "
+                "context_view='other' and the regulariser's invariance term (sim_weight != 0) "
+                "both use the second view; set regularizer.init_args.sim_weight: 0 or "
                 "context_view: same."
             )
         self.context_view = context_view
-        self.save_hyperparameters(ignore=["masking", "optimizer", "vicreg"])
+        self.save_hyperparameters(ignore=["masking", "optimizer", "regularizer", "vicreg"])
         self.context_encoder = MaskedResNet(
             backbone,
             small_images=small_images,
@@ -164,8 +196,7 @@ class CNNJEPA(JEPAModule):
             hidden_channels=predictor_channels,
             linear_output=predictor_linear_output,
         )
-        self.vicreg = vicreg
-        self.vicreg_weight = vicreg_weight
+        self.set_regularizer(regularizer, regularizer_weight, regularizer_projector)
         check_target_norm(target_norm)
         self.target_norm = target_norm
         self.channels_last = channels_last
@@ -181,11 +212,11 @@ class CNNJEPA(JEPAModule):
 
     @property
     def num_views(self) -> int:
-        """Augmented views per image the loss uses: 2 for ``context_view="other"`` and for the
-        VICReg invariance term, else 1."""
+        """Augmented views per image the loss uses: 2 for ``context_view="other"`` and for a
+        regulariser's invariance term, else 1."""
         if self.context_view == "other":
             return 2
-        return 2 if self.uses_vicreg and self.vicreg.sim_weight != 0 else 1  # type: ignore[union-attr]
+        return 2 if self.uses_regularizer and self.regularizer.compares_views else 1  # type: ignore[union-attr]
 
     def views_hint(self) -> str:
         if self.context_view == "other":
@@ -194,8 +225,8 @@ class CNNJEPA(JEPAModule):
                 "copy of the first, through the context encoder), or context_view: same"
             )
         return (
-            " (the VICReg invariance term, vicreg.init_args.sim_weight != 0, compares two "
-            "augmented views of each image), or sim_weight: 0 for variance and covariance only"
+            " (the regulariser's invariance term, regularizer.init_args.sim_weight != 0, "
+            "compares two augmented views of each image), or sim_weight: 0 for one view"
         )
 
     def sample_masks(self, batch_size: int) -> GridMasks:
@@ -244,7 +275,7 @@ class CNNJEPA(JEPAModule):
     def pooled_target(self, fwd: MaskedForward) -> Tensor:
         return masked_average_pool(fwd.target)  # (V·B, C)
 
-    def vicreg_embeddings(
+    def regularizer_embeddings(
         self, fwd: MaskedForward, masks: GridMasks, num_views: int
     ) -> list[Tensor]:
         """The context encoder's output averaged over each image's visible cells, per view."""
