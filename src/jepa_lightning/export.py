@@ -75,11 +75,12 @@ def export_backbone(
         ``output``: what the loading recipe needs.
     """
     module = load_pretrained(checkpoint, {"class_path": method} if method else None)
-    backbone = use_encoder(module, encoder).feature_encoder
-    if not isinstance(backbone, MaskedResNet):
+    module = use_encoder(module, encoder)
+    backbone = module.feature_encoder
+    if not module.exports_to_torchvision or not isinstance(backbone, MaskedResNet):
         raise TypeError(
             f"Export to torchvision supports ResNet backbones; {type(module).__name__}'s "
-            f"encoder is a {type(backbone).__name__}."
+            f"encoder is a {type(backbone).__name__} (exports_to_torchvision is False)."
         )
     state: dict[str, Tensor] = export_torchvision_state_dict(backbone)
     out = Path(output).expanduser()

@@ -1,4 +1,5 @@
-"""Test-only callbacks that inject faults into a real ``jepa-lightning fit`` (tests/test_faults.py).
+"""Test-only callbacks that inject faults into a real ``jepa-lightning fit``
+(tests/end_to_end/test_faults.py).
 
 They are given to the CLI with ``--trainer.callbacks+=fault_callbacks.<Name>`` and this folder on
 ``PYTHONPATH``; every one is a no-op unless its arguments ask for a fault.

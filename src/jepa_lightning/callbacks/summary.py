@@ -43,7 +43,9 @@ class FitSummary(Callback):
     means), the first and last ``knn/top1`` of every :class:`KNNMonitor` that ran, and the next
     commands with the actual paths filled in: ``tensorboard --logdir``, one evaluation command
     per ``eval_configs`` entry (``--model.init_args.checkpoint <ckpt>``) and
-    ``jepa-lightning-export <ckpt> backbone.pt`` for CNN methods.
+    ``jepa-lightning-export <ckpt> backbone.pt`` for a module whose backbone exports to
+    torchvision (``pl_module.exports_to_torchvision``, declared by
+    :class:`~jepa_lightning.JEPAModule`).
 
     Quiet when the progress bar is off (``--trainer.enable_progress_bar false``), when logging
     is off (no logger), under ``fast_dev_run`` (nothing is saved) and on every rank but global
@@ -59,8 +61,8 @@ class FitSummary(Callback):
             DataModule class (e.g. a CIFAR-10 config after an ImageFolder run). Empty: a
             generic hint.
         loss_key: The logged training loss (its ``_epoch`` variant gives the epoch means).
-        export: Print the ``jepa-lightning-export`` command: ``None`` for CNN methods only
-            (the export writes a torchvision ResNet state dict).
+        export: Print the ``jepa-lightning-export`` command: ``None`` asks the module
+            (its ``exports_to_torchvision`` capability: ResNet backbones, not ViTs).
 
     Example:
         >>> import lightning.pytorch as pl
@@ -218,6 +220,5 @@ class FitSummary(Callback):
     def _exportable(self, pl_module: pl.LightningModule) -> bool:
         if self.export is not None:
             return self.export
-        from jepa_lightning.methods.cnn_jepa import CNNJEPA  # (methods import the callbacks)
-
-        return isinstance(pl_module, CNNJEPA)
+        # NOTE: read the capability, not the class: callbacks know only the base class's API.
+        return bool(getattr(pl_module, "exports_to_torchvision", False))

@@ -5,8 +5,8 @@ For ``K`` random unit directions ``a`` the 1-D Epps–Pulley statistic of ``aᵀ
 trapezoid rule on 17 knots of ``t ∈ [0, 3]`` (the integrand is even: integrate [0, 3], double),
 averaged over the directions and over the branches ("per view"). The maths is lightly's
 ``lightly.loss.lejepa_loss.SIGReg``; under DDP it all-reduces the per-rank sums of cos and sin
-with autograd-aware collectives (lightly #1923; ``tests/test_regularizers_ddp.py`` checks that
-loss and gradient equal one process's on the global batch) and counts the global ``N``.
+with autograd-aware collectives (lightly #1923; ``tests/losses/test_regularizers_ddp.py``
+checks that loss and gradient equal one process's on the global batch) and counts the global ``N``.
 """
 
 from __future__ import annotations

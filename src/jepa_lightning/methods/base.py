@@ -195,6 +195,15 @@ class JEPAModule(RegularizerSlot, pl.LightningModule):
         """The encoder :meth:`features` runs: the target (default) or the context encoder."""
         return self.context_encoder if self.features_from == "context" else self.target_encoder
 
+    @property
+    def exports_to_torchvision(self) -> bool:
+        """Whether ``jepa-lightning-export`` can write :attr:`feature_encoder` as a torchvision
+        state dict: a capability of the backbone (``exports_to_torchvision = True`` on the
+        encoder class, as on :class:`~jepa_lightning.modules.MaskedResNet`), so a new variant
+        on such a backbone gets the export (and :class:`~jepa_lightning.FitSummary`'s export
+        line) without either naming it."""
+        return bool(getattr(self.feature_encoder, "exports_to_torchvision", False))
+
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W) -> (B, D)`` features for evaluation: :meth:`features` without

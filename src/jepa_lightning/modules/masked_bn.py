@@ -137,9 +137,9 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     (``E[x²] − μ²`` in the forward, ``Σ dy·x − μ·Σ dy`` and ``−k·x + k·μ`` in the backward)
     subtracts numbers of size ``|μ|`` to get results of size ``σ`` and loses ``log10(|μ|/σ)``
     digits and more: at ``|μ| = 100 σ`` its float32 outputs and gradients were ~3e-4 off
-    float64, now ~1e-7 (``tests/test_masked_bn_numerics.py``). Computation is in float32 even
-    under autocast (float64 for float64 inputs); ``xc`` is the only ``(B, C, H, W)`` tensor kept
-    for the backward, as the input was before.
+    float64, now ~1e-7 (``tests/modules/test_masked_bn_numerics.py``). Computation is in float32
+    even under autocast (float64 for float64 inputs); ``xc`` is the only ``(B, C, H, W)`` tensor
+    kept for the backward, as the input was before.
     """
 
     @staticmethod
@@ -218,7 +218,7 @@ def recalibrate_batchnorm(module: nn.Module, batches: Iterable[Tensor]) -> nn.Mo
 
     The context encoder's running statistics were gathered on masked images; evaluated on full
     images it loses k-NN accuracy that recalibration restores (on CIFAR-10, 34.3 -> 37.2 after
-    750 steps: ``benchmarks/online_vs_target.py``). The same as torch's
+    750 steps: ``benchmarks/curves/online_vs_target.py``). The same as torch's
     :func:`torch.optim.swa_utils.update_bn` (which skips :class:`MaskedBatchNorm2d`): momentum
     ``1 / (k + 1)`` at the ``k``-th batch makes the running value the mean of the batch values.
     The module's train/eval mode is restored.

@@ -77,6 +77,10 @@ class MaskedResNet(nn.Module):
             see :mod:`jepa_lightning.modules.minkowski`). The dense forward is the same.
     """
 
+    #: :func:`export_torchvision_state_dict` writes this trunk as a torchvision ResNet state
+    #: dict: :attr:`JEPAModule.exports_to_torchvision` reads it off the feature encoder.
+    exports_to_torchvision: bool = True
+
     def __init__(
         self,
         arch: str = "resnet50",

@@ -17,7 +17,7 @@ checkpoints, EMA and export are unchanged, and both compute the same function:
   dense max with masked zeros.
 
 MinkowskiEngine (0.5.4, 2021) is an optional dependency: ``pip install -e ".[minkowski]"``
-and the build steps in the README. It is imported only when this backend is used.
+and the build steps in docs/cnn_jepa.md. It is imported only when this backend is used.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 INSTALL_HINT = (
     "MinkowskiEngine is not installed, so backend='minkowski' cannot run. It is an optional "
     "extra built from source (CPU build, about 6 minutes on 2 cores): run "
-    "`bash scripts/install_minkowski.sh` in the repository (README: 'Optional sparse backend: "
-    "MinkowskiEngine'). Or use backend='masked_dense' (the default), which computes the same "
-    "function."
+    "`bash scripts/install_minkowski.sh` in the repository (docs/cnn_jepa.md, 'Optional "
+    "sparse backend: MinkowskiEngine'). Or use backend='masked_dense' (the default), which "
+    "computes the same function."
 )
 
 

@@ -1,0 +1,269 @@
+"""Evaluation and report of ``learning_curve.py``: k-NN (selection and test queries) and RankMe of
+every encoder of every saved snapshot, the CSV, the table, the plot and the ``knn_top1@`` lines."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from benchmarks.common import cifar_datamodule_args
+from benchmarks.curves.curve_methods import fresh_encoder, is_vit, protocol_encoder
+from jepa_lightning import ImageFolderDataModule
+from jepa_lightning.callbacks.metrics import knn_accuracy, rankme
+
+FIELDS = ["method", "step", "steps", "batch", "encoder", "knn_top1", "sel_knn_top1",
+          "knn_test_online", "knn_test_target", "knn_sel_online", "knn_sel_target", "rankme",
+          "minutes_planned", "minutes_measured", "train_min_here", "step_s", "scale"]  # fmt: skip
+CORE = ("cnn_jepa", "byol", "simclr", "vicreg", "lejepa")
+VIT = ("cjepa", "ijepa", "lejepa_vit")  # ViT-Tiny methods: their own random line
+LABEL = {"lejepa_vit": "lejepa"}  # the ViT line names LeJEPA as the ResNet line does
+DRIFT = 0.10  # planned and measured minutes further apart than this are flagged
+
+
+def random_init(
+    rows: list[dict[str, str]], specs: list[str], vit: bool, column: str = "knn_top1"
+) -> tuple[float, str]:
+    """The random encoder of one architecture: the mean k-NN (``column``) over the *distinct*
+    random initialisations among the step-0 snapshots of ``specs`` (methods built on the same
+    trunk from the same seed share one; identical scores on both query sets and RankMe mark a
+    shared initialisation), each counted once, and how it was formed."""
+    step0 = [r for r in rows if int(r["step"]) == 0
+             and r["method"] in specs and is_vit(r["method"]) == vit]  # fmt: skip
+    inits = {(r["knn_top1"], r["sel_knn_top1"], r["rankme"]): float(r[column]) for r in step0}
+    if not inits:
+        return math.nan, "no step-0 rows"
+    values = list(inits.values())
+    return statistics.fmean(values), (
+        f"mean of {len(values)} distinct random initialisations among {len(step0)} step-0 "
+        f"snapshots ({min(values):.2f}-{max(values):.2f})"
+    )
+
+
+class EvalSets:
+    """Clean (resize-free, normalised) images in memory, fixed by the seed: a bank of training
+    images, *other* training images as selection queries, and test images as test queries."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        dm = ImageFolderDataModule(**cifar_datamodule_args(args.data, 256, args.workers))
+        dm.setup()
+        g = torch.Generator().manual_seed(args.seed)
+        train_idx = torch.randperm(len(dm.train_eval), generator=g).tolist()
+        if args.bank_size + args.sel_size > len(train_idx):
+            raise ValueError(f"--bank-size {args.bank_size} + --sel-size {args.sel_size} exceed "
+                             f"the {len(train_idx)} training images")  # fmt: skip
+        test_idx = torch.randperm(len(dm.val), generator=g)[: args.test_size].tolist()
+        bank_idx = train_idx[: args.bank_size]
+        sel_idx = train_idx[args.bank_size : args.bank_size + args.sel_size]
+        self.bank, self.bank_y = self._load(dm.train_eval, bank_idx, args.workers)
+        self.sel, self.sel_y = self._load(dm.train_eval, sel_idx, args.workers)
+        self.test, self.test_y = self._load(dm.val, test_idx, args.workers)
+
+    @staticmethod
+    def _load(ds, idx: list[int], workers: int) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+        xs, ys = zip(*DataLoader(Subset(ds, idx), batch_size=512, num_workers=workers),
+                     strict=True)  # fmt: skip
+        return torch.cat(xs), torch.cat(ys)
+
+    def score(self, encoder: nn.Module) -> dict[str, float]:
+        """k-NN top-1 (%) of selection and test queries against the bank; RankMe of the test."""
+        fb, fs, ft = (_features(encoder, x) for x in (self.bank, self.sel, self.test))
+
+        def knn(q: Tensor, qy: Tensor) -> float:
+            top1 = knn_accuracy(q, qy, fb, self.bank_y, num_classes=10, topk=(1,))[1]
+            return round(100 * top1, 2)
+
+        return {"sel": knn(fs, self.sel_y), "test": knn(ft, self.test_y), "rankme": rankme(ft)}
+
+
+@torch.inference_mode()
+def _features(encoder: nn.Module, images: Tensor) -> Tensor:
+    encoder.eval()
+    return torch.cat([encoder(x).mean(dim=(2, 3)) for x in images.split(500)])  # (N, C)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
+    done = {(r["method"], int(r["step"])) for r in read_rows(args.csv)}
+    todo = [
+        (spec, d, snap)
+        for spec, d in runs
+        for snap in sorted(d.glob("snap_*.pt"))
+        if (spec, int(snap.stem.split("_")[1])) not in done
+    ]
+    if not todo:
+        return
+    sets = EvalSets(args)
+    new = not args.csv.exists()
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open("a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        for spec, d, snap in todo:
+            plan = json.loads((d / "plan.json").read_text())
+            saved = torch.load(snap, weights_only=True)
+            scores: dict[str, dict[str, float]] = {}
+            for name, state in saved["states"].items():
+                twin = next((k for k in scores if _same(saved["states"][k], state)), None)
+                if twin is not None:  # (step 0: the EMA target is a copy of the online one)
+                    scores[name] = scores[twin]
+                    continue
+                encoder = fresh_encoder(spec)
+                encoder.load_state_dict(state)
+                scores[name] = sets.score(encoder)
+            writer.writerow(_row(spec, plan, snap, saved, scores))
+            f.flush()
+            print(f"eval {spec} step {snap.stem}: " + ", ".join(
+                f"{k} k-NN sel {v['sel']} test {v['test']}" for k, v in scores.items()),
+                flush=True)  # fmt: skip
+
+
+def _row(spec: str, plan: dict, snap: Path, saved: dict, scores: dict) -> dict:  # type: ignore[type-arg]
+    step = int(snap.stem.split("_")[1])
+    protocol = protocol_encoder(spec)
+    na = {"test": "", "sel": ""}
+    online, target = scores.get("online", na), scores.get("target", na)
+    return {
+        "method": spec,
+        "step": step,
+        "steps": plan["steps"],
+        "batch": plan["batch_size"],
+        "encoder": protocol,
+        "knn_top1": scores[protocol]["test"],
+        "sel_knn_top1": scores[protocol]["sel"],
+        "knn_test_online": online["test"],
+        "knn_test_target": target["test"],
+        "knn_sel_online": online["sel"],
+        "knn_sel_target": target["sel"],
+        "rankme": round(scores[protocol]["rankme"], 1),
+        "minutes_planned": round(step * plan["step_s"] / plan["scale"] / 60, 3),
+        "minutes_measured": round(saved["train_s_ref"] / 60, 3),
+        "train_min_here": round(saved["train_s"] / 60, 3),
+        "step_s": round(plan["step_s"], 4),
+        "scale": round(plan["scale"], 3),
+    }
+
+
+def _final(rows: list[dict[str, str]], spec: str) -> dict[str, str] | None:
+    mine = [r for r in rows if r["method"] == spec]
+    return max(mine, key=lambda r: int(r["step"])) if mine else None
+
+
+def _drift(row: dict[str, str]) -> float:
+    planned = float(row["minutes_planned"])
+    return float(row["minutes_measured"]) / planned - 1 if planned > 0 else 0.0
+
+
+def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
+    rows = read_rows(args.csv)
+    specs = [s for s, _ in runs]
+    if not rows:
+        print("no evaluations yet")
+        return
+    print(f"\n# CIFAR-10 (JPEG q75) 32 px, budget {args.budget_min:g} reference-minutes each; "
+          f"k-NN k=200 tau=0.1 against {args.bank_size} training images; selection queries "
+          f"{args.sel_size} other training images, test queries {args.test_size} test images; "
+          "each method on its protocol encoder (other encoder in brackets)")  # fmt: skip
+    for vit in (False, True):
+        value, how = random_init(rows, specs, vit)
+        if not math.isnan(value):
+            print(f"random {'ViT' if vit else 'ResNet-18'}: {value:.2f}, {how}")
+    print("| method | encoder | steps | epochs | s/step here | planned min | measured min | "
+          "final k-NN sel | final k-NN test | final RankMe |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for spec in specs:
+        last = _final(rows, spec)
+        if last is None:
+            continue
+        other = "target" if last["encoder"] == "online" else "online"
+        sel, test = last["sel_knn_top1"], last["knn_top1"]
+        if last[f"knn_test_{other}"]:
+            sel += f" ({last[f'knn_sel_{other}']})"
+            test += f" ({last[f'knn_test_{other}']})"
+        flag = " (!)" if abs(_drift(last)) > DRIFT else ""
+        epochs = int(last["steps"]) * int(last["batch"]) / 50_000
+        cells = [spec, last["encoder"], f"{last['step']}/{last['steps']}", f"{epochs:.2f}",
+                 f"{float(last['step_s']):.3f}", last["minutes_planned"],
+                 last["minutes_measured"] + flag, sel, test, last["rankme"]]  # fmt: skip
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    drifted = [s for s in specs if (r := _final(rows, s)) and abs(_drift(r)) > DRIFT]
+    if drifted:
+        print(f"(!) measured minutes differ by more than {DRIFT:.0%} from the planned ones: "
+              + ", ".join(drifted))  # fmt: skip
+    _plot(args, rows, specs)
+    for prefix, column in (("sel_", "sel_knn_top1"), ("", "knn_top1")):
+        for vit in (True, False):
+            line = _final_line(rows, specs, vit, column)
+            if line:
+                name = "vit_knn_top1" if vit else "knn_top1"
+                print(f"{prefix}{name}@{args.budget_min:g}min: {line}")
+
+
+def _final_line(rows: list[dict[str, str]], specs: list[str], vit: bool, column: str) -> str:
+    """``name=value ...`` for one architecture: the core methods, random, then any others."""
+    core = VIT if vit else CORE
+    mine = [s for s in specs if is_vit(s) == vit]
+    if not mine:
+        return ""
+
+    def final(spec: str) -> str:
+        r = _final(rows, spec)
+        complete = r is not None and int(r["step"]) == int(r["steps"])
+        label = LABEL.get(spec, spec)
+        return f"{label}={float(r[column]):.2f}" if complete and r else f"{label}=nan"
+
+    random, _ = random_init(rows, specs, vit, column)
+    others = [s for s in mine if s not in core]
+    return " ".join([*(final(n) for n in core), f"random={random:.2f}", *map(final, others)])
+
+
+def _plot(args: argparse.Namespace, rows: list[dict[str, str]], specs: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    many = len(specs) > 6  # the legend then goes beside the axes, not over the curves
+    fig, ax = plt.subplots(figsize=(8.6 if many else 6.4, 4.0), dpi=100)
+    for spec in specs:
+        mine = sorted((r for r in rows if r["method"] == spec), key=lambda r: int(r["step"]))
+        if mine:
+            xs = [float(r["minutes_planned"]) for r in mine]
+            style = {"marker": "s", "ls": "-."} if is_vit(spec) else {"marker": "o"}
+            label = f"{spec} ({protocol_encoder(spec)})"
+            ax.plot(xs, [float(r["knn_top1"]) for r in mine], ms=3, label=label, **style)
+    for vit, ls, arch in ((False, "--", "ResNet-18"), (True, ":", "ViT")):
+        random, _ = random_init(rows, specs, vit)
+        if not math.isnan(random):
+            ax.axhline(random, color="grey", ls=ls, lw=1, label=f"random {arch} ({random:.1f})")
+    ax.set_xlabel("pretraining minutes (planned, reference machine, 2 CPU cores)")
+    ax.set_ylabel("k-NN top-1 (%), CIFAR-10 test")
+    vit = any(is_vit(s) for s in specs)
+    nets = "ResNet-18 small stem, ViT-Tiny/4" if vit else "ResNet-18 small stem"
+    ax.set_title(f"CIFAR-10, {nets}: k-NN of each method's protocol encoder", fontsize=10)
+    ax.grid(alpha=0.3)
+    if many:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.png)
+    print(f"plot: {args.png}")

@@ -1,0 +1,241 @@
+"""The learning-curve benchmark's own claims (``benchmarks/curves/learning_curve.py``): the
+budget-to-steps arithmetic, a clock that counts the whole iteration, every method of the race built
+and trained on tiny data, each schedule at its final value on the last planned step, BYOL as
+lightly runs it, the encoder each method is reported with, and a selection split disjoint from the
+k-NN bank."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the benchmarks are a package at the repository root
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.curves.curve_methods import (  # noqa: E402
+    PEERS,
+    PROTOCOL,
+    build_method,
+    eval_encoders,
+    jepa_overrides,
+    protocol_encoder,
+)
+from benchmarks.curves.curve_report import EvalSets, _row  # noqa: E402
+from benchmarks.curves.learning_curve import (  # noqa: E402
+    IterationClock,
+    calibrated_step_s,
+    planned_steps,
+)
+from benchmarks.curves.lightly_baselines import BYOL  # noqa: E402
+
+from jepa_lightning import CJEPA, CNNJEPA  # noqa: E402
+
+# ViTs at depth 2 keep this fast; every option is otherwise the shipped recipe's.
+METHODS = ["cnn_jepa", "cnn_jepa_paper", "cjepa:depth=2", "ijepa:depth=2", "byol", "simclr",
+           "vicreg", "lejepa", "lejepa_vit:depth=2"]  # fmt: skip
+
+
+def _args(root: Path, **kw: Any) -> argparse.Namespace:
+    base = dict(data=str(root), batch_size=4, workers=0, bank_size=8, sel_size=4, test_size=6,
+                seed=0)  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_planned_steps_fill_the_budget() -> None:
+    # 30 reference-minutes on a machine twice as slow as the reference (BYOL 1.24 s against
+    # 0.62 s) are 3600 s here; at 2 s per iteration that is 1800 steps.
+    assert planned_steps(30, 1.24, 2.0, evals=6) == 1800
+    assert planned_steps(30, 0.62, 0.5, evals=6) == 3600
+    assert planned_steps(30, 0.31, 0.5, evals=6) == 1800  # a twice-faster machine: half the time
+    assert planned_steps(0.001, 0.62, 10.0, evals=6) == 6  # never fewer steps than evaluations
+    # The calibrated time is the mean after start-up, so slow data steps count (a median of
+    # these iterations would say 1.0 s and overspend the budget).
+    assert calibrated_step_s([9.0, 9.0, 9.0, 1.0, 1.0, 4.0]) == pytest.approx(2.0)
+
+
+class _SlowData(Dataset):
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        time.sleep(0.02)  # loading one image
+        return torch.randn(3)
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.lin(batch).pow(2).mean()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _AfterStep(pl.Callback):
+    """A per-step update placed after the clock (as the JEPAs' EMA callback is), and a save the
+    benchmark excludes."""
+
+    def __init__(self, clock: IterationClock) -> None:
+        self.clock = clock
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        time.sleep(0.03)  # e.g. the EMA update
+        t0 = time.perf_counter()
+        time.sleep(0.5)  # e.g. a checkpoint: overhead of the benchmark, not the method
+        self.clock.exclude(time.perf_counter() - t0)
+
+
+def test_iteration_clock_counts_data_loading_and_late_callbacks() -> None:
+    clock = IterationClock()
+    trainer = pl.Trainer(max_steps=5, callbacks=[clock, _AfterStep(clock)], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(_Tiny(), DataLoader(_SlowData(), batch_size=2))
+    assert len(clock.times) == 5
+    # Every iteration after the first holds the previous step's late callback (0.03 s) and this
+    # step's loading of two images (0.04 s), but none of the excluded 0.5 s saves.
+    for t in clock.times[1:]:
+        assert 0.07 <= t < 0.45
+
+
+def _train(spec: str, root: Path, steps: int) -> tuple[pl.LightningModule, list[dict]]:
+    """``spec`` built as the benchmark builds it, trained ``steps`` planned steps; the lr and
+    weight decay of the first parameter group as the optimiser used them at each step."""
+    pl.seed_everything(0, verbose=False)
+    model, dm, _ = build_method(spec, _args(root), steps)
+    used: list[dict] = []
+
+    class Record(pl.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer) -> None:  # type: ignore[no-untyped-def]
+            group = optimizer.param_groups[0]
+            used.append({k: group[k] for k in ("lr", "initial_lr", "weight_decay")})
+
+    trainer = pl.Trainer(max_steps=steps, callbacks=[Record()], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu",
+                         limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, dm)
+    assert trainer.global_step == steps
+    return model, [*used, {"metrics": dict(trainer.callback_metrics)}]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", METHODS)
+def test_every_method_trains_and_ends_its_schedules_on_the_last_step(
+    spec: str, image_folder: Path
+) -> None:
+    steps = 5
+    model, used = _train(spec, image_folder, steps)
+    metrics, used = used[-1]["metrics"], used[:-1]
+    assert len(used) == steps and torch.isfinite(metrics["train/loss"])
+    final_ratio = getattr(model, "final_lr_ratio", 0.0)
+    # lr: the planned schedule's final value on the last planned step, not one step later.
+    assert used[-1]["lr"] == pytest.approx(used[-1]["initial_lr"] * final_ratio, abs=1e-12)
+    assert used[-2]["lr"] > used[-1]["lr"]
+    if isinstance(model, (CNNJEPA, CJEPA)):  # EMA ramp ends at 1 on the last step
+        assert float(metrics["train/ema_momentum"]) == pytest.approx(model.ema_end)
+        if model.final_weight_decay is not None:  # C-JEPA/I-JEPA: weight decay 0.04 -> 0.4
+            assert used[-1]["weight_decay"] == pytest.approx(model.final_weight_decay)
+    encoders = eval_encoders(model)
+    assert protocol_encoder(spec) in encoders
+    for enc in encoders.values():  # every evaluated encoder maps images to a feature grid
+        out = enc.eval()(torch.zeros(2, 3, 32, 32))
+        assert out.ndim == 4 and out.shape[0] == 2
+
+
+def test_jepa_warmup_is_the_recipes_fraction_of_the_planned_steps() -> None:
+    # 1512 planned steps at batch 128 on 50,000 images: CNN-JEPA's 10 of 200 warm-up epochs are
+    # 5 % of the steps, however many epochs the budget buys.
+    args = jepa_overrides("cnn_jepa", {}, 128, 1512, 50_000)
+    epochs = float(args[args.index("--model.init_args.warmup_epochs") + 1])
+    assert round(epochs * (50_000 // 128)) == round(0.05 * 1512)
+
+
+def test_byol_is_lightlys_constant_momentum_scored_online() -> None:
+    torch.manual_seed(0)
+    byol = BYOL(batch_size=4)
+    with torch.no_grad():  # make online and target differ, as after some training
+        for p in byol.backbone.parameters():
+            p.add_(0.1)
+    t0 = [p.clone() for p in byol.backbone_momentum.parameters()]
+    o0 = [p.clone() for p in byol.backbone.parameters()]
+    byol.loss([torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)])
+    for t, before, online in zip(byol.backbone_momentum.parameters(), t0, o0, strict=True):
+        torch.testing.assert_close(t, 0.99 * before + 0.01 * online)
+    encoders = byol.encoders()
+    assert encoders["online"] is byol.backbone and encoders["target"] is byol.backbone_momentum
+    assert PROTOCOL["byol"] == "online"
+
+
+def test_vicreg_uses_lightlys_lr_rule_and_views() -> None:
+    from benchmarks.curves.lightly_baselines import MultiViewDataModule
+    from lightly.transforms.vicreg_transform import VICRegTransform
+
+    vicreg, views = PEERS["vicreg"]
+    opt = vicreg(batch_size=128).make_optimizer()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.3 * 128 / 256)
+    dm = MultiViewDataModule(views=views, root=".", image_size=32)
+    assert isinstance(dm.train_transform, VICRegTransform)
+
+
+def test_reported_encoder_is_fixed_by_the_protocol() -> None:
+    # JEPAs report the EMA target (their papers), the peers their online trunk (lightly).
+    assert {
+        m: PROTOCOL[m] for m in ("cnn_jepa", "cnn_jepa_paper", "cjepa", "ijepa")
+    } == dict.fromkeys(("cnn_jepa", "cnn_jepa_paper", "cjepa", "ijepa"), "target")
+    assert {PROTOCOL[m] for m in ("byol", "simclr", "vicreg", "lejepa", "lejepa_vit")} == {"online"}
+    plan = {"steps": 10, "batch_size": 4, "step_s": 1.0, "scale": 1.0}
+    saved = {"train_s": 60.0, "train_s_ref": 66.0}
+    scores = {"online": {"test": 40.0, "sel": 41.0, "rankme": 5.0},
+              "target": {"test": 30.0, "sel": 31.0, "rankme": 4.0}}  # fmt: skip
+    snap = Path("snap_000010.pt")
+    for spec, want in (("byol", 40.0), ("cnn_jepa", 30.0), ("cjepa:depth=2", 30.0)):
+        row = _row(spec, plan, snap, saved, scores)
+        assert row["knn_top1"] == want and row["encoder"] == protocol_encoder(spec)
+        assert (row["knn_test_online"], row["knn_test_target"]) == (40.0, 30.0)
+    row = _row("byol", plan, snap, saved, scores)
+    assert (row["minutes_planned"], row["minutes_measured"]) == (
+        pytest.approx(10 / 60, abs=1e-3),
+        1.1,
+    )
+
+
+def test_selection_queries_are_training_images_outside_the_bank(image_folder: Path) -> None:
+    sets = EvalSets(_args(image_folder))
+    assert len(sets.bank) == 8 and len(sets.sel) == 4 and len(sets.test) == 6
+    for q in sets.sel:  # no selection query is a bank image
+        assert not any(torch.equal(q, b) for b in sets.bank)
+    for q in sets.test:  # nor a test image
+        assert not any(torch.equal(q, s) for s in sets.sel)
+    with pytest.raises(ValueError, match="exceed"):
+        EvalSets(_args(image_folder, sel_size=5))
+
+
+def test_random_line_counts_each_initialisation_once() -> None:
+    from benchmarks.curves.curve_report import random_init
+
+    def row(method: str, knn: str, step: int = 0) -> dict[str, str]:
+        return {"method": method, "step": str(step), "knn_top1": knn, "sel_knn_top1": knn,
+                "rankme": "70.0"}  # fmt: skip
+
+    # Three peers share one trunk initialisation (31.22), the two CNN-JEPAs another (31.40):
+    # the random line is their plain mean, 31.31, not the row mean 31.29 (weighted 3:2).
+    rows = [row(m, "31.22") for m in ("byol", "simclr", "vicreg")]
+    rows += [row("cnn_jepa", "31.40"), row("cnn_jepa_paper", "31.40"), row("byol", "40.0", 5)]
+    specs = ["cnn_jepa", "cnn_jepa_paper", "byol", "simclr", "vicreg"]
+    value, how = random_init(rows, specs, vit=False)
+    assert value == pytest.approx(31.31) and how.startswith("mean of 2 distinct")
+    assert math.isnan(random_init(rows, specs, vit=True)[0])
