@@ -157,6 +157,10 @@ def jepa_overrides(
         cls, init = REGULARIZERS[opts.pop("regularizer")]
         out += ["--model.init_args.regularizer", f"jepa_lightning.losses.{cls}"]
         out += [f"--model.init_args.regularizer.init_args.{k}={v}" for k, v in init.items()]
+    if "projector" in opts:  # projector=2048x128 (a comma would end the spec's option)
+        widths = opts.pop("projector")
+        text = "null" if widths is None else f"[{str(widths).replace('x', ',')}]"
+        out += ["--model.init_args.regularizer_projector", text]
     for key, value in opts.items():
         text = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
         out += [f"--model.init_args.{key}", str(text)]

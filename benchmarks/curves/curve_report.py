@@ -120,11 +120,17 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
         for spec, d, snap in todo:
             plan = json.loads((d / "plan.json").read_text())
             saved = torch.load(snap, weights_only=True)
+            final = int(snap.stem.split("_")[1]) >= plan["steps"]
+            protocol = protocol_encoder(spec)
             scores: dict[str, dict[str, float]] = {}
-            for name, state in saved["states"].items():
+            # the protocol's encoder first: the other one may be a free twin of it, or skipped
+            for name in sorted(saved["states"], key=lambda k: k != protocol):
+                state = saved["states"][name]
                 twin = next((k for k in scores if _same(saved["states"][k], state)), None)
                 if twin is not None:  # (step 0: the EMA target is a copy of the online one)
                     scores[name] = scores[twin]
+                    continue
+                if name != protocol and not final and args.other_encoders == "final":
                     continue
                 encoder = fresh_encoder(spec)
                 encoder.load_state_dict(state)

@@ -18,7 +18,9 @@ Every method pretrains for the same budget of minutes *on the reference machine*
    benchmark's own checkpoint and snapshot saving), in seconds here and in reference seconds
    (scaled by a reference BYOL step timed at the start of each training session). Step counts,
    not the clock, end training, so a resumed or slowed run gets the same result.
-3. ``eval``: each encoder of each snapshot, average-pooled, on clean images: weighted k-NN
+3. ``eval``: the protocol's encoder of each snapshot (and the other encoder of an EMA method at
+   the final snapshot; at every one with ``--other-encoders all``), average-pooled, on clean
+   images: weighted k-NN
    (k = 200, τ = 0.1, cosine) against a bank of ``--bank-size`` training images, queried by
    ``--sel-size`` *other* training images (the selection split: recipes and ablations are
    chosen on it) and by ``--test-size`` test images (reported rows only); RankMe of the test
@@ -310,6 +312,10 @@ def main() -> None:
     ap.add_argument("--sel-size", type=int, default=5000,
                     help="selection queries: training images outside the bank")  # fmt: skip
     ap.add_argument("--test-size", type=int, default=10000)
+    ap.add_argument("--other-encoders", choices=["final", "all"], default="final",
+                    help="the encoder an EMA method is not reported with (a JEPA's online one, "
+                    "BYOL's EMA target): scored at the final snapshot only (default: a third "
+                    "less evaluation) or at every snapshot")  # fmt: skip
     ap.add_argument("--calib-steps", type=int, default=15)
     ap.add_argument("--reference-byol-s", type=float, default=0.0,
                     help="throughput.py's BYOL step here, if known (0: measure)")  # fmt: skip

@@ -7,6 +7,7 @@ k-NN bank."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -27,6 +28,7 @@ from benchmarks.curves.curve_methods import (  # noqa: E402
     PROTOCOL,
     build_method,
     eval_encoders,
+    fresh_encoder,
     jepa_overrides,
     protocol_encoder,
 )
@@ -164,6 +166,22 @@ def test_jepa_warmup_is_the_recipes_fraction_of_the_planned_steps() -> None:
     assert round(epochs * (50_000 // 128)) == round(0.05 * 1512)
 
 
+def test_regularizer_specs_reach_the_module(image_folder: Path) -> None:
+    # The screening specs of issue 33: regulariser, weight and projector widths ("x": a comma
+    # would end the option) become the CLI's regulariser slot.
+    from jepa_lightning.losses import SIGRegTerms, VICRegTerms
+
+    spec = "cnn_jepa:regularizer=sigreg,regularizer_weight=0.05,projector=64x16"
+    model, _, _ = build_method(spec, _args(image_folder), steps=10)
+    assert isinstance(model, CNNJEPA) and isinstance(model.regularizer, SIGRegTerms)
+    assert model.regularizer_weight == 0.05
+    widths = [m.out_features for m in model.regularizer_projector.modules()  # type: ignore[union-attr]
+              if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    assert widths == [64, 16]
+    plain, _, _ = build_method("cnn_jepa:projector=null", _args(image_folder), steps=10)
+    assert isinstance(plain.regularizer, VICRegTerms) and plain.regularizer_projector is None
+
+
 def test_byol_is_lightlys_constant_momentum_scored_online() -> None:
     torch.manual_seed(0)
     byol = BYOL(batch_size=4)
@@ -222,6 +240,35 @@ def test_selection_queries_are_training_images_outside_the_bank(image_folder: Pa
         assert not any(torch.equal(q, s) for s in sets.sel)
     with pytest.raises(ValueError, match="exceed"):
         EvalSets(_args(image_folder, sel_size=5))
+
+
+@pytest.mark.parametrize("other", ["final", "all"])
+def test_the_other_encoder_is_scored_where_asked(
+    image_folder: Path, tmp_path: Path, other: str
+) -> None:
+    # BYOL is reported on its online trunk; its EMA target is scored at the final snapshot (or
+    # at every one), and at step 0, where it is a copy of the online trunk, for free.
+    from benchmarks.curves.curve_report import evaluate_snapshots, read_rows
+
+    d = tmp_path / "byol"
+    d.mkdir()
+    (d / "plan.json").write_text(json.dumps({"steps": 4, "batch_size": 4, "step_s": 1.0,
+                                             "scale": 1.0}))  # fmt: skip
+    for step in (0, 2, 4):
+        torch.manual_seed(step)
+        online = fresh_encoder("byol").state_dict()
+        target = online if step == 0 else fresh_encoder("byol").state_dict()
+        states = {"online": online, "target": target}
+        torch.save({"states": states, "train_s": 1.0 * step, "train_s_ref": 1.0 * step},
+                   d / f"snap_{step:06d}.pt")  # fmt: skip
+    args = _args(image_folder, csv=tmp_path / "curve.csv", other_encoders=other)
+    evaluate_snapshots(args, [("byol", d)])
+    rows = {int(r["step"]): r for r in read_rows(args.csv)}
+    assert sorted(rows) == [0, 2, 4] and all(r["knn_test_online"] for r in rows.values())
+    assert rows[0]["knn_test_target"] == rows[0]["knn_test_online"]  # the free twin
+    assert bool(rows[2]["knn_test_target"]) == (other == "all")
+    assert rows[4]["knn_test_target"] and rows[4]["knn_sel_target"]
+    assert all(r["knn_top1"] == r["knn_test_online"] for r in rows.values())
 
 
 def test_random_line_counts_each_initialisation_once() -> None:
