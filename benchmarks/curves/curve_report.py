@@ -4,6 +4,7 @@ every encoder of every saved snapshot, the CSV, the table, the plot and the ``kn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -74,7 +75,7 @@ class EvalSets:
 
     def score(self, encoder: nn.Module) -> dict[str, float]:
         """k-NN top-1 (%) of selection and test queries against the bank; RankMe of the test."""
-        fb, fs, ft = (_features(encoder, x) for x in (self.bank, self.sel, self.test))
+        fb, fs, ft = (pooled_features(encoder, x) for x in (self.bank, self.sel, self.test))
 
         def knn(q: Tensor, qy: Tensor) -> float:
             top1 = knn_accuracy(q, qy, fb, self.bank_y, num_classes=10, topk=(1,))[1]
@@ -84,9 +85,20 @@ class EvalSets:
 
 
 @torch.inference_mode()
-def _features(encoder: nn.Module, images: Tensor) -> Tensor:
+def pooled_features(
+    encoder: nn.Module, images: Tensor, bf16: bool = False, channels_last: bool = False
+) -> Tensor:
+    """Average-pooled float32 features (N, C) of (N, 3, H, W) images in chunks of 500. The race
+    evaluates in float32: ``bf16`` (CPU bfloat16 autocast) is 2-4x faster here but flips 1.5-2.5 %
+    of k-NN predictions (``benchmarks.speed.eval_precision``, RESULTS.md)."""
     encoder.eval()
-    return torch.cat([encoder(x).mean(dim=(2, 3)) for x in images.split(500)])  # (N, C)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    encoder.to(memory_format=fmt)  # type: ignore[call-overload]
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with amp:
+        out = [encoder(x.contiguous(memory_format=fmt)).float().mean(dim=(2, 3))
+               for x in images.split(500)]  # fmt: skip
+    return torch.cat(out)  # (N, C)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -110,8 +122,14 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
     ]
     if not todo:
         return
-    sets = EvalSets(args)
     new = not args.csv.exists()
+    if not new:
+        with args.csv.open() as f:
+            header = next(csv.reader(f), [])
+        if header != FIELDS:
+            raise SystemExit(f"{args.csv} has the columns of an older harness ({len(header)}, "
+                             f"not {len(FIELDS)}); write to a new --csv")  # fmt: skip
+    sets = EvalSets(args)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with args.csv.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)

@@ -16,7 +16,8 @@ Every method pretrains for the same budget of minutes *on the reference machine*
    the method (``online``; ``target`` for EMA methods) is saved at ``--evals`` evenly spaced
    steps with the *measured* training time so far (the same whole-iteration clock, less the
    benchmark's own checkpoint and snapshot saving), in seconds here and in reference seconds
-   (scaled by a reference BYOL step timed at the start of each training session). Step counts,
+   (each segment between snapshots scaled by the reference BYOL steps timed at its two ends,
+   outside the clock: the machine drifts during a run). Step counts,
    not the clock, end training, so a resumed or slowed run gets the same result.
 3. ``eval``: the protocol's encoder of each snapshot (and the other encoder of an EMA method at
    the final snapshot; at every one with ``--other-encoders all``), average-pooled, on clean
@@ -46,7 +47,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -220,7 +223,8 @@ def train(args: argparse.Namespace) -> None:
         pl.seed_everything(args.seed, verbose=False)
         model, dm, _ = build_method(spec, args, info["steps"])
         ref_here = args.reference_byol_s or reference_byol_step()
-        snaps = Snapshots(d, info["eval_steps"], ref_here / REF_BYOL_STEP_S)
+        retime = None if args.reference_byol_s else reference_byol_step
+        snaps = Snapshots(d, info["eval_steps"], ref_here, retime)
         ckpt = TimedCheckpoint(
             snaps, dirpath=d, every_n_train_steps=args.ckpt_every, save_last=True, save_top_k=0
         )
@@ -247,27 +251,55 @@ def recorded(csv_path: Path, spec: str, steps: int) -> bool:
 
 class Snapshots(IterationClock):
     """Saves every encoder of the method at the planned steps, with the measured training time
-    so far (this machine's seconds, and reference seconds at this session's ``scale``)."""
+    so far: this machine's seconds, and reference-machine seconds.
 
-    def __init__(self, d: Path, steps: list[int], scale: float) -> None:
+    The machine's speed drifts during a 45-minute run (seen: a step 3.95 s when planned, 4.9 s
+    half an hour later with nothing else running), so one reference BYOL step timed at the start
+    would misreport the budget. With ``retime``, the reference step is timed again at every
+    snapshot (outside the clock) and each segment between snapshots is converted at the mean of
+    the reference steps at its two ends, as ``plan`` brackets a calibration."""
+
+    def __init__(
+        self, d: Path, steps: list[int], ref_s: float, retime: Callable[[], float] | None = None
+    ) -> None:
         super().__init__()
-        self.d, self.steps, self.scale = d, set(steps), scale
+        self.d, self.steps, self.ref_s, self.retime = d, set(steps), ref_s, retime
         f = d / "wall.json"
         prev = json.loads(f.read_text()) if f.exists() else {}
         self.prev_s = prev.get("train_s", 0.0)
-        self.prev_ref_s = prev.get("train_s_ref", self.prev_s / scale)
+        self.prev_ref_s = prev.get("train_s_ref", self.prev_s * REF_BYOL_STEP_S / ref_s)
+        self.refs: list[float] = [*prev.get("ref_byol_steps_s", []), ref_s]
 
-    def wall(self) -> dict[str, float]:
-        here = sum(self.times)
-        return {"train_s": self.prev_s + here, "train_s_ref": self.prev_ref_s + here / self.scale}
+    def wall(self) -> dict[str, Any]:
+        here = sum(self.times)  # the open segment, at the reference step timed at its start
+        return {
+            "train_s": self.prev_s + here,
+            "train_s_ref": self.prev_ref_s + here * REF_BYOL_STEP_S / self.ref_s,
+            "ref_byol_steps_s": self.refs,
+        }
 
     def write_wall(self) -> None:
         (self.d / "wall.json").write_text(json.dumps(self.wall()))
+
+    def close_segment(self) -> None:
+        """Time the reference step now and convert the segment since the last one at the mean
+        of both (no-op without ``retime``)."""
+        if self.retime is None:
+            return
+        ref_now = self.retime()
+        here = sum(self.times)
+        self.prev_s += here
+        self.prev_ref_s += here * REF_BYOL_STEP_S / ((self.ref_s + ref_now) / 2)
+        self.times.clear()
+        self.ref_s = ref_now
+        self.refs.append(ref_now)
 
     def _save(self, module: pl.LightningModule, step: int) -> None:
         path = self.d / f"snap_{step:06d}.pt"
         if step in self.steps and not path.exists():
             t0 = time.perf_counter()
+            if step > 0:
+                self.close_segment()
             states = {k: enc.state_dict() for k, enc in eval_encoders(module).items()}
             torch.save({"states": states, **self.wall()}, path)
             self.exclude(time.perf_counter() - t0)

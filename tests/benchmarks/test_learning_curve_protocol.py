@@ -34,7 +34,9 @@ from benchmarks.curves.curve_methods import (  # noqa: E402
 )
 from benchmarks.curves.curve_report import EvalSets, _row  # noqa: E402
 from benchmarks.curves.learning_curve import (  # noqa: E402
+    REF_BYOL_STEP_S,
     IterationClock,
+    Snapshots,
     calibrated_step_s,
     planned_steps,
 )
@@ -111,6 +113,32 @@ def test_iteration_clock_counts_data_loading_and_late_callbacks() -> None:
     # step's loading of two images (0.04 s), but none of the excluded 0.5 s saves.
     for t in clock.times[1:]:
         assert 0.07 <= t < 0.45
+
+
+def test_measured_minutes_follow_the_machine_segment_by_segment(tmp_path: Path) -> None:
+    # The machine is 2x the reference when training starts, 3x at the first snapshot and 4x at
+    # the second: 60 s here before the first is 60 / 2.5 reference seconds (the mean of its two
+    # ends), the next 60 s are 60 / 3.5. Timed once at the start (2x), both would count 30 s.
+    ref = REF_BYOL_STEP_S
+    later = iter([3 * ref, 4 * ref])
+    snaps = Snapshots(tmp_path, [0, 10, 20], 2 * ref, retime=lambda: next(later))
+    snaps.times = [30.0, 30.0]
+    snaps.close_segment()
+    snaps.times = [60.0]
+    snaps.close_segment()
+    snaps.times = [8.0]  # the open segment counts at the last reference step (4x)
+    wall = snaps.wall()
+    assert wall["train_s"] == pytest.approx(128.0)
+    assert wall["train_s_ref"] == pytest.approx(60 / 2.5 + 60 / 3.5 + 8 / 4)
+    assert wall["ref_byol_steps_s"] == pytest.approx([2 * ref, 3 * ref, 4 * ref])
+    # A resumed run goes on from what the killed one wrote, at its own starting reference step.
+    snaps.write_wall()
+    resumed = Snapshots(tmp_path, [0, 10, 20], 5 * ref)
+    resumed.times = [10.0]
+    assert resumed.wall()["train_s"] == pytest.approx(138.0)
+    assert resumed.wall()["train_s_ref"] == pytest.approx(wall["train_s_ref"] + 10 / 5)
+    resumed.close_segment()  # without a retime function nothing is re-timed
+    assert resumed.wall()["ref_byol_steps_s"][-1] == pytest.approx(5 * ref)
 
 
 def _train(spec: str, root: Path, steps: int) -> tuple[pl.LightningModule, list[dict]]:
