@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import statistics
@@ -108,8 +109,37 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+class ScoreCache:
+    """Scores of the encoders already evaluated, by a digest of their architecture, their weights
+    and the evaluation settings, kept as JSON beside the runs: the same encoder is evaluated once.
+    That is free k-NN for the EMA target at step 0 (a copy of the online encoder) and for methods
+    built on one trunk from one seed (the peers' step-0 weights are the same)."""
+
+    VERSION = "avgpool-fp32 knn k=200 t=0.1 cosine; rankme on test"  # change if scoring changes
+
+    def __init__(self, path: Path, args: argparse.Namespace) -> None:
+        self.path = path
+        self.settings = (f"{self.VERSION}|{Path(cifar_datamodule_args(args.data, 1, 0)['root'])}"
+                         f"|bank {args.bank_size}|sel {args.sel_size}|test {args.test_size}"
+                         f"|seed {args.seed}")  # fmt: skip
+        self.scores: dict[str, dict[str, float]] = (
+            json.loads(path.read_text()) if path.exists() else {}
+        )
+
+    def key(self, encoder: nn.Module, state: dict[str, Tensor]) -> str:
+        h = hashlib.sha256(f"{self.settings}|{encoder!r}".encode())
+        for k in sorted(state):
+            t = state[k].detach().cpu().contiguous()
+            h.update(f"{k}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> dict[str, float] | None:
+        return self.scores.get(key)
+
+    def put(self, key: str, scores: dict[str, float]) -> None:
+        self.scores[key] = scores
+        self.path.write_text(json.dumps(self.scores, indent=0))
 
 
 def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
@@ -119,6 +149,7 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
         for spec, d in runs
         for snap in sorted(d.glob("snap_*.pt"))
         if (spec, int(snap.stem.split("_")[1])) not in done
+        and (getattr(args, "snapshots", "all") == "all" or _at_an_end(d, snap))
     ]
     if not todo:
         return
@@ -130,6 +161,7 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
             raise SystemExit(f"{args.csv} has the columns of an older harness ({len(header)}, "
                              f"not {len(FIELDS)}); write to a new --csv")  # fmt: skip
     sets = EvalSets(args)
+    cache = ScoreCache(todo[0][1].parent / "scores.json", args)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with args.csv.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
@@ -143,21 +175,28 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
             scores: dict[str, dict[str, float]] = {}
             # the protocol's encoder first: the other one may be a free twin of it, or skipped
             for name in sorted(saved["states"], key=lambda k: k != protocol):
-                state = saved["states"][name]
-                twin = next((k for k in scores if _same(saved["states"][k], state)), None)
-                if twin is not None:  # (step 0: the EMA target is a copy of the online one)
-                    scores[name] = scores[twin]
+                encoder = fresh_encoder(spec)
+                key = cache.key(encoder, saved["states"][name])
+                known = cache.get(key)
+                if known is not None:
+                    scores[name] = known
                     continue
                 if name != protocol and not final and args.other_encoders == "final":
                     continue
-                encoder = fresh_encoder(spec)
-                encoder.load_state_dict(state)
+                encoder.load_state_dict(saved["states"][name])
                 scores[name] = sets.score(encoder)
+                cache.put(key, scores[name])
             writer.writerow(_row(spec, plan, snap, saved, scores))
             f.flush()
             print(f"eval {spec} step {snap.stem}: " + ", ".join(
                 f"{k} k-NN sel {v['sel']} test {v['test']}" for k, v in scores.items()),
                 flush=True)  # fmt: skip
+
+
+def _at_an_end(d: Path, snap: Path) -> bool:
+    """Whether ``snap`` is the random initialisation or the end of its run's plan."""
+    step = int(snap.stem.split("_")[1])
+    return step == 0 or step >= json.loads((d / "plan.json").read_text())["steps"]
 
 
 def _row(spec: str, plan: dict, snap: Path, saved: dict, scores: dict) -> dict:  # type: ignore[type-arg]

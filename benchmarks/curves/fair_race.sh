@@ -8,7 +8,8 @@
 #   RESULTS=$PWD/benchmarks/results nohup ~/race/tree/benchmarks/curves/fair_race.sh > race.log &
 # Settings (environment): METHODS limits it to some methods; DATA is the CIFAR-10 JPEG tree;
 # PHASES="plan train" trains without evaluating (evaluation is untimed: it may run later, beside
-# other work, while training must run alone). The 30-minute race is the default; the issue-33
+# other work, while training must run alone); SNAPSHOTS=ends evaluates step 0 and the last step
+# first (the rest on a later call). The 30-minute race is the default; the issue-33
 # screening runs the same harness shorter, under its own names:
 #   BUDGET=10 EVALS=2 NAME=screen10 METHODS="cnn_jepa cnn_jepa:regularizer=sigreg,..." fair_race.sh
 set -u
@@ -20,7 +21,7 @@ RESULTS="${RESULTS:-$ROOT/benchmarks/results}"
 BUDGET="${BUDGET:-30}"
 NAME="${NAME:-curve30_fair}"  # the CSV, plot and plan folder; the run folder is TAG
 TAG="${TAG:-$([ "$NAME" = curve30_fair ] && echo fair30 || echo "$NAME")}"
-COMMON=(--budget-min "$BUDGET" --evals "${EVALS:-6}" --threads 2 --workers 1
+COMMON=(--budget-min "$BUDGET" --evals "${EVALS:-6}" --snapshots "${SNAPSHOTS:-all}" --threads 2 --workers 1
         --data "${DATA:-$HOME/data/cifar10_jpg}" --tag "$TAG"
         --plans "$RESULTS/${NAME}_plans" --csv "$RESULTS/$NAME.csv")
 METHODS="${METHODS:-cnn_jepa byol lejepa vicreg simclr cjepa ijepa lejepa_vit cnn_jepa_paper}"

@@ -348,6 +348,9 @@ def main() -> None:
                     help="the encoder an EMA method is not reported with (a JEPA's online one, "
                     "BYOL's EMA target): scored at the final snapshot only (default: a third "
                     "less evaluation) or at every snapshot")  # fmt: skip
+    ap.add_argument("--snapshots", choices=["all", "ends"], default="all",
+                    help="evaluate every snapshot, or only step 0 and the last (the final "
+                    "numbers first; a later call with 'all' fills the curve in)")  # fmt: skip
     ap.add_argument("--calib-steps", type=int, default=15)
     ap.add_argument("--reference-byol-s", type=float, default=0.0,
                     help="throughput.py's BYOL step here, if known (0: measure)")  # fmt: skip

@@ -270,15 +270,10 @@ def test_selection_queries_are_training_images_outside_the_bank(image_folder: Pa
         EvalSets(_args(image_folder, sel_size=5))
 
 
-@pytest.mark.parametrize("other", ["final", "all"])
-def test_the_other_encoder_is_scored_where_asked(
-    image_folder: Path, tmp_path: Path, other: str
-) -> None:
-    # BYOL is reported on its online trunk; its EMA target is scored at the final snapshot (or
-    # at every one), and at step 0, where it is a copy of the online trunk, for free.
-    from benchmarks.curves.curve_report import evaluate_snapshots, read_rows
-
-    d = tmp_path / "byol"
+def _byol_snapshots(tmp_path: Path, name: str = "byol") -> Path:
+    """A BYOL run of 4 planned steps with snapshots at 0, 2 and 4 (random weights, seeded by the
+    step: runs made by this function have the same weights)."""
+    d = tmp_path / name
     d.mkdir()
     (d / "plan.json").write_text(json.dumps({"steps": 4, "batch_size": 4, "step_s": 1.0,
                                              "scale": 1.0}))  # fmt: skip
@@ -289,6 +284,65 @@ def test_the_other_encoder_is_scored_where_asked(
         states = {"online": online, "target": target}
         torch.save({"states": states, "train_s": 1.0 * step, "train_s_ref": 1.0 * step},
                    d / f"snap_{step:06d}.pt")  # fmt: skip
+    return d
+
+
+def test_the_ends_are_evaluated_first_and_the_curve_filled_in_later(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    from benchmarks.curves.curve_report import evaluate_snapshots, read_rows
+
+    d = _byol_snapshots(tmp_path)
+    args = _args(image_folder, csv=tmp_path / "curve.csv", other_encoders="final")
+    evaluate_snapshots(argparse.Namespace(**vars(args), snapshots="ends"), [("byol", d)])
+    assert [int(r["step"]) for r in read_rows(args.csv)] == [0, 4]
+    evaluate_snapshots(argparse.Namespace(**vars(args), snapshots="all"), [("byol", d)])
+    rows = read_rows(args.csv)
+    assert [int(r["step"]) for r in rows] == [0, 4, 2]  # appended, nothing evaluated twice
+    # A CSV written by a harness with other columns is refused, not appended to misaligned.
+    args.csv.write_text("method,step\n")
+    with pytest.raises(SystemExit, match="older harness"):
+        evaluate_snapshots(argparse.Namespace(**vars(args), snapshots="all"), [("byol", d)])
+
+
+def test_an_encoder_is_evaluated_once_across_snapshots_and_runs(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.curves import curve_report
+
+    scored: list[int] = []
+    real = curve_report.EvalSets.score
+
+    def counted(self: Any, encoder: torch.nn.Module) -> dict[str, float]:
+        scored.append(1)
+        return real(self, encoder)
+
+    monkeypatch.setattr(curve_report.EvalSets, "score", counted)
+    byol, twin = _byol_snapshots(tmp_path), _byol_snapshots(tmp_path, "vicreg")
+    args = _args(image_folder, csv=tmp_path / "curve.csv", other_encoders="final")
+    curve_report.evaluate_snapshots(args, [("byol", byol)])
+    # step 0: the online encoder (its target is a copy), step 2: online, step 4: both
+    assert len(scored) == 4
+    curve_report.evaluate_snapshots(args, [("vicreg", twin)])  # the same weights: nothing new
+    assert len(scored) == 4
+    rows = curve_report.read_rows(args.csv)
+    by = {(r["method"], r["step"]): r["knn_test_online"] for r in rows}
+    assert all(by[("vicreg", s)] == by[("byol", s)] for s in ("0", "2", "4"))
+    # Other evaluation sets are other scores: nothing is reused.
+    other = _args(image_folder, csv=tmp_path / "other.csv", other_encoders="final", bank_size=7)
+    curve_report.evaluate_snapshots(other, [("byol", byol)])
+    assert len(scored) == 8
+
+
+@pytest.mark.parametrize("other", ["final", "all"])
+def test_the_other_encoder_is_scored_where_asked(
+    image_folder: Path, tmp_path: Path, other: str
+) -> None:
+    # BYOL is reported on its online trunk; its EMA target is scored at the final snapshot (or
+    # at every one), and at step 0, where it is a copy of the online trunk, for free.
+    from benchmarks.curves.curve_report import evaluate_snapshots, read_rows
+
+    d = _byol_snapshots(tmp_path)
     args = _args(image_folder, csv=tmp_path / "curve.csv", other_encoders=other)
     evaluate_snapshots(args, [("byol", d)])
     rows = {int(r["step"]): r for r in read_rows(args.csv)}
