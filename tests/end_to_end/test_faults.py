@@ -169,11 +169,11 @@ def test_ddp_stuck_rank_hits_the_collective_timeout(tmp_path: Path) -> None:
 # ------------------------------------------------------------- 2. kill while writing
 @pytest.mark.slow
 def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path: Path) -> None:
-    """SIGKILL lands while the step-4 ``last.ckpt`` is being written (a 64 MB padding tensor
+    """SIGKILL lands while the step-4 ``last.ckpt`` is being written (a 256 MB padding tensor
     makes the write slow): the step-2 file is intact, loads and resumes exactly."""
     out, ckpt = tmp_path, tmp_path / "ckpt"
     args = _args(out, "crash", "--trainer.callbacks+=fault_callbacks.CheckpointPadding",
-                 "--trainer.callbacks.megabytes", "64")  # fmt: skip
+                 "--trainer.callbacks.megabytes", "256")  # fmt: skip
     proc = _popen(out, args)
     _wait_for(lambda: len(_steps(out, "crash")) >= 3, 240, "step 3")  # step-2 save is done
     last = ckpt / "last.ckpt"
