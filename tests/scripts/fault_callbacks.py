@@ -71,17 +71,32 @@ class KillAtStep(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _SlowPickle:
+    """Pickles as ``0`` after ``seconds``: holds a checkpoint's write open for that long."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        time.sleep(self.seconds)
+        return int, (0,)
+
+
 class CheckpointPadding(Callback):
     """Puts ``megabytes`` of extra tensor data in every checkpoint (to make its write slow, or
-    large). Stored under the key ``fault_padding``; a resume ignores it."""
+    large), and with ``slow_step`` holds the write of the checkpoint saved at that global step
+    open for ``slow_seconds`` (a kill can then land inside it, whatever the disk's speed).
+    Stored under the keys ``fault_padding*``; a resume ignores them."""
 
-    def __init__(self, megabytes: int = 0) -> None:
-        self.megabytes = megabytes
+    def __init__(self, megabytes: int = 0, slow_step: int = -1, slow_seconds: float = 30.0) -> None:
+        self.megabytes, self.slow_step, self.slow_seconds = megabytes, slow_step, slow_seconds
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: Any) -> None:
         if self.megabytes:
             n = self.megabytes * 2**20 // 4
             checkpoint["fault_padding"] = torch.arange(n, dtype=torch.float32)
+        if trainer.global_step == self.slow_step:
+            checkpoint["fault_padding_slow"] = _SlowPickle(self.slow_seconds)
 
 
 class FillDisk(Callback):
