@@ -90,7 +90,7 @@ def pooled_features(
     encoder: nn.Module, images: Tensor, bf16: bool = False, channels_last: bool = False
 ) -> Tensor:
     """Average-pooled float32 features (N, C) of (N, 3, H, W) images in chunks of 500. The race
-    evaluates in float32: ``bf16`` (CPU bfloat16 autocast) is 2-4x faster here but flips 1.5-2.5 %
+    evaluates in float32: ``bf16`` (CPU bfloat16 autocast) is 2-4x faster here but flips 1.4-2.5 %
     of k-NN predictions (``benchmarks.speed.eval_precision``, RESULTS.md)."""
     encoder.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -148,7 +148,7 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
         (spec, d, snap)
         for spec, d in runs
         for snap in sorted(d.glob("snap_*.pt"))
-        if (spec, int(snap.stem.split("_")[1])) not in done
+        if (spec, _step(snap)) not in done
         and (getattr(args, "snapshots", "all") == "all" or _at_an_end(d, snap))
     ]
     if not todo:
@@ -170,7 +170,7 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
         for spec, d, snap in todo:
             plan = json.loads((d / "plan.json").read_text())
             saved = torch.load(snap, weights_only=True)
-            final = int(snap.stem.split("_")[1]) >= plan["steps"]
+            final = _step(snap) >= plan["steps"]
             protocol = protocol_encoder(spec)
             scores: dict[str, dict[str, float]] = {}
             # the protocol's encoder first: the other one may be a free twin of it, or skipped
@@ -193,14 +193,17 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
                 flush=True)  # fmt: skip
 
 
+def _step(snap: Path) -> int:
+    return int(snap.stem.split("_")[1])  # snap_000817.pt -> 817
+
+
 def _at_an_end(d: Path, snap: Path) -> bool:
     """Whether ``snap`` is the random initialisation or the end of its run's plan."""
-    step = int(snap.stem.split("_")[1])
-    return step == 0 or step >= json.loads((d / "plan.json").read_text())["steps"]
+    return _step(snap) == 0 or _step(snap) >= json.loads((d / "plan.json").read_text())["steps"]
 
 
 def _row(spec: str, plan: dict, snap: Path, saved: dict, scores: dict) -> dict:  # type: ignore[type-arg]
-    step = int(snap.stem.split("_")[1])
+    step = _step(snap)
     protocol = protocol_encoder(spec)
     na = {"test": "", "sel": ""}
     online, target = scores.get("online", na), scores.get("target", na)

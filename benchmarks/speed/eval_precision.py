@@ -24,11 +24,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
 
 from benchmarks.common import cifar_datamodule_args
 from benchmarks.curves.curve_methods import fresh_encoder
-from benchmarks.curves.curve_report import pooled_features
+from benchmarks.curves.curve_report import EvalSets, pooled_features
 from jepa_lightning import ImageFolderDataModule
 from jepa_lightning.callbacks.metrics import weighted_knn_predict
 
@@ -39,8 +38,7 @@ MODES = [("fp32", False, False), ("fp32 channels_last", False, True),
 def load(ds, n: int) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
     """``n`` images drawn at random (seed 0): an ImageFolder is sorted by class."""
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].tolist()
-    xs, ys = zip(*DataLoader(Subset(ds, idx), batch_size=500), strict=True)
-    return torch.cat(xs), torch.cat(ys)
+    return EvalSets._load(ds, idx, workers=0)
 
 
 def main() -> None:
@@ -63,29 +61,25 @@ def main() -> None:
     dm.setup()
     test, test_y = load(dm.val, args.images)
     bank, bank_y = load(dm.train_eval, args.bank)
-    pooled_features(encoder, test[:500], False, False)  # warm-up (allocator, oneDNN primitives)
-    ref_q = ref_b = None
     what = f"snapshot {args.encoder}" if args.snapshot else "random init"
     print(f"{args.spec} ({what}), {torch.get_num_threads()} threads, {args.images} queries, "
           f"bank {args.bank}")  # fmt: skip
     print(f"{'mode':<20} {'img/s':>7} {'speed-up':>8} {'cos min':>8} {'k-NN agree':>10} "
           f"{'top-1':>6}")  # fmt: skip
-    base = None
+    ref: tuple[Tensor, Tensor, float] | None = None  # float32 NCHW: features, predictions, rate
     for name, bf16, cl in MODES:
-        pooled_features(encoder, test[:500], bf16, cl)  # warm-up of this mode
+        pooled_features(encoder, test[:500], bf16, cl)  # warm-up (allocator, oneDNN primitives)
         t0 = time.perf_counter()
         q = pooled_features(encoder, test, bf16, cl)
         rate = len(test) / (time.perf_counter() - t0)
         b = pooled_features(encoder, bank, bf16, cl)
         pred = weighted_knn_predict(q, b, bank_y, 10, 200, 0.1, 1)[:, 0]  # (Q,)
-        if ref_q is None:
-            ref_q, ref_b, ref_pred, base = q, b, pred, rate
-        assert ref_b is not None and base is not None
+        ref = ref or (q, pred, rate)
+        ref_q, ref_pred, base = ref
         cos = F.cosine_similarity(q, ref_q, dim=1).min().item()
         agree = 100 * (pred == ref_pred).double().mean().item()
         top1 = 100 * (pred == test_y).double().mean().item()
         print(f"{name:<20} {rate:7.0f} {rate / base:7.2f}x {cos:8.5f} {agree:9.2f}% {top1:6.2f}")
-    encoder.to(memory_format=torch.contiguous_format)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,6 @@ def test_sigkill_while_writing_last_ckpt_keeps_the_previous_one(tmp_path: Path) 
     that write open for 30 s): the step-2 file is intact, loads and resumes exactly."""
     out, ckpt = tmp_path, tmp_path / "ckpt"
     args = _args(out, "crash", "--trainer.callbacks+=fault_callbacks.CheckpointPadding",
-                 "--trainer.callbacks.megabytes", "8",
                  "--trainer.callbacks.slow_step", "4")  # fmt: skip
     proc = _popen(out, args)
     _wait_for(lambda: len(_steps(out, "crash")) >= 3, 240, "step 3")  # step-2 save is done
