@@ -66,7 +66,11 @@ class EvalSets:
         sel_idx = train_idx[args.bank_size : args.bank_size + args.sel_size]
         self.bank, self.bank_y = self._load(dm.train_eval, bank_idx, args.workers)
         self.sel, self.sel_y = self._load(dm.train_eval, sel_idx, args.workers)
-        self.test, self.test_y = self._load(dm.val, test_idx, args.workers)
+        # --test-size 0 (a screening): the test images are never read, so nothing chosen from
+        # its scores can have seen them.
+        self.test: Tensor | None = None
+        if test_idx:
+            self.test, self.test_y = self._load(dm.val, test_idx, args.workers)
 
     @staticmethod
     def _load(ds, idx: list[int], workers: int) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
@@ -74,14 +78,18 @@ class EvalSets:
                      strict=True)  # fmt: skip
         return torch.cat(xs), torch.cat(ys)
 
-    def score(self, encoder: nn.Module) -> dict[str, float]:
-        """k-NN top-1 (%) of selection and test queries against the bank; RankMe of the test."""
-        fb, fs, ft = (pooled_features(encoder, x) for x in (self.bank, self.sel, self.test))
+    def score(self, encoder: nn.Module) -> dict[str, float | None]:
+        """k-NN top-1 (%) of selection and test queries against the bank (test ``None`` without
+        test images); RankMe of the test queries (of the selection queries without them)."""
+        fb, fs = pooled_features(encoder, self.bank), pooled_features(encoder, self.sel)
 
         def knn(q: Tensor, qy: Tensor) -> float:
             top1 = knn_accuracy(q, qy, fb, self.bank_y, num_classes=10, topk=(1,))[1]
             return round(100 * top1, 2)
 
+        if self.test is None:
+            return {"sel": knn(fs, self.sel_y), "test": None, "rankme": rankme(fs)}
+        ft = pooled_features(encoder, self.test)
         return {"sel": knn(fs, self.sel_y), "test": knn(ft, self.test_y), "rankme": rankme(ft)}
 
 
@@ -189,8 +197,8 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
             writer.writerow(_row(spec, plan, snap, saved, scores))
             f.flush()
             print(f"eval {spec} step {snap.stem}: " + ", ".join(
-                f"{k} k-NN sel {v['sel']} test {v['test']}" for k, v in scores.items()),
-                flush=True)  # fmt: skip
+                f"{k} k-NN sel {v['sel']}" + (f" test {v['test']}" if v["test"] is not None else "")
+                for k, v in scores.items()), flush=True)  # fmt: skip
 
 
 def _step(snap: Path) -> int:
@@ -248,8 +256,10 @@ def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
           f"k-NN k=200 tau=0.1 against {args.bank_size} training images; selection queries "
           f"{args.sel_size} other training images, test queries {args.test_size} test images; "
           "each method on its protocol encoder (other encoder in brackets)")  # fmt: skip
+    tested = args.test_size > 0  # a screening (--test-size 0) reports the selection split only
+    shown = "knn_top1" if tested else "sel_knn_top1"
     for vit in (False, True):
-        value, how = random_init(rows, specs, vit)
+        value, how = random_init(rows, specs, vit, shown)
         if not math.isnan(value):
             print(f"random {'ViT' if vit else 'ResNet-18'}: {value:.2f}, {how}")
     print("| method | encoder | steps | epochs | s/step here | planned min | measured min | "
@@ -261,8 +271,9 @@ def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
             continue
         other = "target" if last["encoder"] == "online" else "online"
         sel, test = last["sel_knn_top1"], last["knn_top1"]
-        if last[f"knn_test_{other}"]:
+        if last[f"knn_sel_{other}"]:
             sel += f" ({last[f'knn_sel_{other}']})"
+        if last[f"knn_test_{other}"]:
             test += f" ({last[f'knn_test_{other}']})"
         flag = " (!)" if abs(_drift(last)) > DRIFT else ""
         epochs = int(last["steps"]) * int(last["batch"]) / 50_000
@@ -274,8 +285,8 @@ def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
     if drifted:
         print(f"(!) measured minutes differ by more than {DRIFT:.0%} from the planned ones: "
               + ", ".join(drifted))  # fmt: skip
-    _plot(args, rows, specs)
-    for prefix, column in (("sel_", "sel_knn_top1"), ("", "knn_top1")):
+    _plot(args, rows, specs, shown)
+    for prefix, column in (("sel_", "sel_knn_top1"), ("", "knn_top1"))[: 2 if tested else 1]:
         for vit in (True, False):
             line = _final_line(rows, specs, vit, column)
             if line:
@@ -301,7 +312,9 @@ def _final_line(rows: list[dict[str, str]], specs: list[str], vit: bool, column:
     return " ".join([*(final(n) for n in core), f"random={random:.2f}", *map(final, others)])
 
 
-def _plot(args: argparse.Namespace, rows: list[dict[str, str]], specs: list[str]) -> None:
+def _plot(
+    args: argparse.Namespace, rows: list[dict[str, str]], specs: list[str], column: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,13 +328,14 @@ def _plot(args: argparse.Namespace, rows: list[dict[str, str]], specs: list[str]
             xs = [float(r["minutes_planned"]) for r in mine]
             style = {"marker": "s", "ls": "-."} if is_vit(spec) else {"marker": "o"}
             label = f"{spec} ({protocol_encoder(spec)})"
-            ax.plot(xs, [float(r["knn_top1"]) for r in mine], ms=3, label=label, **style)
+            ax.plot(xs, [float(r[column]) for r in mine], ms=3, label=label, **style)
     for vit, ls, arch in ((False, "--", "ResNet-18"), (True, ":", "ViT")):
-        random, _ = random_init(rows, specs, vit)
+        random, _ = random_init(rows, specs, vit, column)
         if not math.isnan(random):
             ax.axhline(random, color="grey", ls=ls, lw=1, label=f"random {arch} ({random:.1f})")
     ax.set_xlabel("pretraining minutes (planned, reference machine, 2 CPU cores)")
-    ax.set_ylabel("k-NN top-1 (%), CIFAR-10 test")
+    queries = "test" if column == "knn_top1" else "selection split (training images)"
+    ax.set_ylabel(f"k-NN top-1 (%), CIFAR-10 {queries}")
     vit = any(is_vit(s) for s in specs)
     nets = "ResNet-18 small stem, ViT-Tiny/4" if vit else "ResNet-18 small stem"
     ax.set_title(f"CIFAR-10, {nets}: k-NN of each method's protocol encoder", fontsize=10)

@@ -25,7 +25,9 @@ Every method pretrains for the same budget of minutes *on the reference machine*
    (k = 200, τ = 0.1, cosine) against a bank of ``--bank-size`` training images, queried by
    ``--sel-size`` *other* training images (the selection split: recipes and ablations are
    chosen on it) and by ``--test-size`` test images (reported rows only); RankMe of the test
-   embeddings. Rows go to the CSV (existing rows are skipped, never edited).
+   embeddings. Rows go to the CSV (existing rows are skipped, never edited). A screening runs
+   with ``--test-size 0``: the test images are never read, RankMe is the selection queries',
+   and the report and plot give the selection split only.
 4. ``report``: a table (planned and measured minutes, both encoders), the PNG plot and the last
    lines ``vit_knn_top1@<budget>min: ...`` and ``knn_top1@<budget>min: cnn_jepa=A byol=B
    simclr=C vicreg=D lejepa=E random=F [others]``, each method on its protocol encoder
@@ -343,7 +345,9 @@ def main() -> None:
     ap.add_argument("--bank-size", type=int, default=10000)
     ap.add_argument("--sel-size", type=int, default=5000,
                     help="selection queries: training images outside the bank")  # fmt: skip
-    ap.add_argument("--test-size", type=int, default=10000)
+    ap.add_argument("--test-size", type=int, default=10000,
+                    help="test queries; 0 = a screening: the test images are never read, "
+                         "only the selection split is scored and reported")  # fmt: skip
     ap.add_argument("--other-encoders", choices=["final", "all"], default="final",
                     help="the encoder an EMA method is not reported with (a JEPA's online one, "
                     "BYOL's EMA target): scored at the final snapshot only (default: a third "

@@ -334,6 +334,41 @@ def test_an_encoder_is_evaluated_once_across_snapshots_and_runs(
     assert len(scored) == 8
 
 
+def test_a_screening_never_reads_the_test_images(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --test-size 0: recipes are screened on the selection split alone. The test images of this
+    # copy are not images any more, so reading one would fail the run.
+    import shutil
+
+    from benchmarks.curves.curve_report import evaluate_snapshots, read_rows, report
+
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    for f in (root / "test").rglob("*.png"):
+        f.write_bytes(b"not an image")
+    args = _args(root, csv=tmp_path / "screen.csv", other_encoders="final", test_size=0,
+                 budget_min=10.0, png=tmp_path / "screen.png")  # fmt: skip
+    sets = EvalSets(args)
+    assert sets.test is None and len(sets.sel) == 4
+    d = _byol_snapshots(tmp_path)
+    evaluate_snapshots(args, [("byol", d)])
+    rows = read_rows(args.csv)
+    assert [int(r["step"]) for r in rows] == [0, 2, 4]
+    for r in rows:  # selection scores only; the test columns stay empty
+        assert r["sel_knn_top1"] and r["knn_sel_online"] and float(r["rankme"]) > 0
+        assert r["knn_top1"] == r["knn_test_online"] == r["knn_test_target"] == ""
+    assert rows[2]["knn_sel_target"]  # the other encoder at the final snapshot
+    report(args, [("byol", d)])
+    out = capsys.readouterr().out
+    sel_line = next(line for line in out.splitlines() if line.startswith("sel_knn_top1@10min:"))
+    assert f" byol={float(rows[2]['sel_knn_top1']):.2f} " in sel_line
+    assert "\nknn_top1@" not in out and (tmp_path / "screen.png").stat().st_size > 0
+    # The race's own settings still read the test images (and fail on these).
+    with pytest.raises(Exception):  # noqa: B017 - PIL's error for a file that is not an image
+        EvalSets(_args(root, test_size=6))
+
+
 @pytest.mark.parametrize("other", ["final", "all"])
 def test_the_other_encoder_is_scored_where_asked(
     image_folder: Path, tmp_path: Path, other: str
