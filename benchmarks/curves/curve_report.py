@@ -87,10 +87,11 @@ class EvalSets:
             top1 = knn_accuracy(q, qy, fb, self.bank_y, num_classes=10, topk=(1,))[1]
             return round(100 * top1, 2)
 
+        sel = knn(fs, self.sel_y)
         if self.test is None:
-            return {"sel": knn(fs, self.sel_y), "test": None, "rankme": rankme(fs)}
+            return {"sel": sel, "test": None, "rankme": rankme(fs)}
         ft = pooled_features(encoder, self.test)
-        return {"sel": knn(fs, self.sel_y), "test": knn(ft, self.test_y), "rankme": rankme(ft)}
+        return {"sel": sel, "test": knn(ft, self.test_y), "rankme": rankme(ft)}
 
 
 @torch.inference_mode()
@@ -180,7 +181,7 @@ def evaluate_snapshots(args: argparse.Namespace, runs: list[tuple[str, Path]]) -
             saved = torch.load(snap, weights_only=True)
             final = _step(snap) >= plan["steps"]
             protocol = protocol_encoder(spec)
-            scores: dict[str, dict[str, float]] = {}
+            scores: dict[str, dict[str, float | None]] = {}
             # the protocol's encoder first: the other one may be a free twin of it, or skipped
             for name in sorted(saved["states"], key=lambda k: k != protocol):
                 encoder = fresh_encoder(spec)
