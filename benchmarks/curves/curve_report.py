@@ -253,11 +253,12 @@ def report(args: argparse.Namespace, runs: list[tuple[str, Path]]) -> None:
     if not rows:
         print("no evaluations yet")
         return
+    tested = args.test_size > 0  # a screening (--test-size 0) reports the selection split only
+    test = f"{args.test_size} test images" if tested else "none (a screening never reads them)"
     print(f"\n# CIFAR-10 (JPEG q75) 32 px, budget {args.budget_min:g} reference-minutes each; "
           f"k-NN k=200 tau=0.1 against {args.bank_size} training images; selection queries "
-          f"{args.sel_size} other training images, test queries {args.test_size} test images; "
+          f"{args.sel_size} other training images, test queries {test}; "
           "each method on its protocol encoder (other encoder in brackets)")  # fmt: skip
-    tested = args.test_size > 0  # a screening (--test-size 0) reports the selection split only
     shown = "knn_top1" if tested else "sel_knn_top1"
     for vit in (False, True):
         value, how = random_init(rows, specs, vit, shown)
@@ -329,6 +330,10 @@ def _plot(
             xs = [float(r["minutes_planned"]) for r in mine]
             style = {"marker": "s", "ls": "-."} if is_vit(spec) else {"marker": "o"}
             label = f"{spec} ({protocol_encoder(spec)})"
+            if len(mine) == 2 and int(mine[0]["step"]) == 0:
+                # Only the start and the end scored: markers, not a line that would look like
+                # a measured curve between them.
+                style["ls"], label = "none", f"{label}, ends only"
             ax.plot(xs, [float(r[column]) for r in mine], ms=3, label=label, **style)
     for vit, ls, arch in ((False, "--", "ResNet-18"), (True, ":", "ViT")):
         random, _ = random_init(rows, specs, vit, column)

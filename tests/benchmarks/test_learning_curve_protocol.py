@@ -364,6 +364,7 @@ def test_a_screening_never_reads_the_test_images(
     sel_line = next(line for line in out.splitlines() if line.startswith("sel_knn_top1@10min:"))
     assert f" byol={float(rows[2]['sel_knn_top1']):.2f} " in sel_line
     assert "\nknn_top1@" not in out and (tmp_path / "screen.png").stat().st_size > 0
+    assert "test queries none (a screening never reads them)" in out
     # The race's own settings still read the test images (and fail on these).
     with pytest.raises(Exception):  # noqa: B017 - PIL's error for a file that is not an image
         EvalSets(_args(root, test_size=6))
