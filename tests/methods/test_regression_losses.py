@@ -9,9 +9,13 @@ comparison is bit-exact: float hex and SHA-256 hashes of the gradient bytes (one
 float32). Elsewhere (e.g. CI on another CPU, whose kernels sum in another order) the hashes cannot
 match, so the scalars and each gradient's norm, sum and first values are compared to float32
 rounding instead: ``rtol`` 1e-3 on the loss, the logged scalars and the total gradient norm; 1e-2 on
-the norm, sum and first values of each recorded tensor (outputs, gradients), since through the 50
-layers and batch-4 BatchNorm of a ResNet-50 the first layers' gradients move by ~0.4 % between an
-Intel and an AMD CPU. Still far below any change of the maths.
+the norm, sum and first values of each recorded tensor (outputs, gradients), relative to the
+tensor's norm. The ResNet-50 case gets 5e-2 on its tensors (:data:`TENSOR_RTOL`): through its 50
+layers and batch-4 BatchNorm the first layers' gradients turn by up to 2.4 % (the sum of
+``conv1``'s gradient; its norm moves by 0.03 %) between the Intel Xeon it was recorded on and a
+2-core AMD EPYC with AVX512-BF16 (the CI machine of stop 44), while an earlier AMD moved them by
+~0.4 %. Its loss, logged scalars and total gradient norm are still held to 1e-3, and a change of the
+maths (mask, target, loss, predictor) moves those by far more.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ TINY: dict[str, list[str]] = {
     "cifar10_cnn_cjepa_resnet18.yaml": ["--data.init_args.image_size", "32"],
     "cifar10_cnn_jepa_resnet18.yaml": ["--data.init_args.image_size", "32"],
 }  # fmt: skip
+#: Tolerance on each recorded tensor's norm, sum and first values where 1e-2 is too tight (see the
+#: module docstring for what was measured).
+TENSOR_RTOL: dict[str, float] = {"imagenet100_cnn_jepa_resnet50.yaml": 5e-2}
 CPU_TRAINER = ["--trainer.accelerator", "cpu", "--trainer.devices", "1",
                "--trainer.num_nodes", "1", "--trainer.strategy", "auto",
                "--trainer.logger", "false"]  # fmt: skip
@@ -153,12 +160,13 @@ def record(name: str, root: Path) -> dict[str, str]:
     return result
 
 
-def _close(a: Any, b: Any) -> bool:
-    """Equal up to float32 rounding: hex floats and lists of floats (hashes are skipped)."""
+def _close(a: Any, b: Any, rtol: float = 1e-2) -> bool:
+    """Equal up to float32 rounding: hex floats and lists of floats (hashes are skipped);
+    ``rtol`` is the tolerance on the lists (a tensor's statistics)."""
     if isinstance(a, list):
         scale = max(abs(b[0]), 1e-12)  # the norm: the size of the tensor's entries
         pairs = zip(a, b, strict=True)
-        return all(math.isclose(x, y, rel_tol=1e-2, abs_tol=1e-2 * scale) for x, y in pairs)
+        return all(math.isclose(x, y, rel_tol=rtol, abs_tol=rtol * scale) for x, y in pairs)
     if isinstance(a, str) and a.startswith(("0x", "-0x")):
         return math.isclose(float.fromhex(a), float.fromhex(b), rel_tol=1e-3, abs_tol=1e-7)
     return True
@@ -182,5 +190,7 @@ def test_loss_and_gradients_unchanged(name: str, image_folder: Path) -> None:
     if reference.get("_fingerprints", {}).get(name, reference.get("_fingerprint")) == fingerprint():
         assert values == expected  # bit-exact where the reference was recorded
     else:
-        far = {k: (values[k], expected[k]) for k in values if not _close(values[k], expected[k])}
+        rtol = TENSOR_RTOL.get(name, 1e-2)
+        far = {k: (values[k], expected[k]) for k in values
+               if not _close(values[k], expected[k], rtol)}  # fmt: skip
         assert not far, f"beyond float32 rounding of the reference: {far}"
